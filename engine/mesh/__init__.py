@@ -1,0 +1,1 @@
+"""Mesh stage modules: source representation, validation, simplification."""

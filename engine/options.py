@@ -1,0 +1,106 @@
+"""Options of a bake, shared by the CLI, the library API and the service.
+
+``BakeOptions.from_dict`` rejects unknown keys and wrong types with an
+InputError, so the service can answer 422 with the same message the CLI
+prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from engine.errors import InputError
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass
+class BakeOptions:
+    faces: int = 20000
+    """Target triangle count of the low-poly mesh (no simplification if the source has fewer)."""
+    texture_size: int = 1024
+    """Side of the square base-colour texture, in texels."""
+    device: str = "auto"
+    """auto | cuda | cpu. auto takes cuda when torch sees a GPU and nvdiffrast imports."""
+    views: int = 100
+    """Camera views around the bounding sphere (cuda gather bake and splat sources)."""
+    view_resolution: int = 1024
+    """Side of each bake view in pixels (cuda)."""
+    padding: int = 4
+    """Charts are dilated by at least this many texels (no seams under mip-mapping)."""
+    cage: float = 0.02
+    """Ray search distance, as a fraction of the bounding-box diagonal (cpu: 'selected to active' cage)."""
+    evaluate: bool = False
+    """Also measure held-out PSNR (renders from views never used for baking)."""
+    eval_views: int = 8
+    eval_resolution: int = 512
+    max_faces: int = 5_000_000
+    """Inputs with more faces are refused before any GPU call."""
+    simplify_aggression: int = 7
+    """fast-simplification aggressiveness (0..10): higher is faster, lower keeps detail better."""
+    seed: int = 0
+
+    def validate(self) -> "BakeOptions":
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise InputError(f"invalid option: {msg}", hint="see `kiln bake --help` for allowed values", code="bad_option")
+
+        need(isinstance(self.faces, int) and 4 <= self.faces <= 10_000_000, f"faces={self.faces!r} must be an integer in 4..10000000")
+        need(isinstance(self.texture_size, int) and 16 <= self.texture_size <= 8192, f"texture_size={self.texture_size!r} must be an integer in 16..8192")
+        need(self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}")
+        need(isinstance(self.views, int) and 1 <= self.views <= 1000, f"views={self.views!r} must be an integer in 1..1000")
+        need(isinstance(self.view_resolution, int) and 64 <= self.view_resolution <= 4096, f"view_resolution={self.view_resolution!r} must be in 64..4096")
+        need(isinstance(self.padding, int) and 0 <= self.padding <= 64, f"padding={self.padding!r} must be an integer in 0..64")
+        need(isinstance(self.cage, (int, float)) and 0.0 < float(self.cage) <= 1.0, f"cage={self.cage!r} must be in (0, 1]")
+        need(isinstance(self.evaluate, bool), f"evaluate={self.evaluate!r} must be true or false")
+        need(isinstance(self.eval_views, int) and 1 <= self.eval_views <= 64, f"eval_views={self.eval_views!r} must be in 1..64")
+        need(isinstance(self.eval_resolution, int) and 32 <= self.eval_resolution <= 2048, f"eval_resolution={self.eval_resolution!r} must be in 32..2048")
+        need(isinstance(self.max_faces, int) and self.max_faces >= 4, f"max_faces={self.max_faces!r} must be an integer >= 4")
+        need(isinstance(self.simplify_aggression, int) and 0 <= self.simplify_aggression <= 10, "simplify_aggression must be in 0..10")
+        need(isinstance(self.seed, int), "seed must be an integer")
+        return self
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, *, ignore: tuple[str, ...] = ()) -> "BakeOptions":
+        data = dict(data or {})
+        for k in ignore:
+            data.pop(k, None)
+        names = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InputError(
+                f"unknown option(s): {', '.join(unknown)}",
+                hint=f"allowed: {', '.join(sorted(names))}",
+                code="bad_option",
+            )
+        kwargs = {}
+        for k, v in data.items():
+            default = names[k].default
+            if isinstance(default, bool):
+                if not isinstance(v, bool):
+                    raise InputError(f"invalid option: {k}={v!r} must be true or false", code="bad_option")
+            elif isinstance(default, int):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    if isinstance(v, float) and v.is_integer():
+                        v = int(v)
+                    else:
+                        raise InputError(f"invalid option: {k}={v!r} must be an integer", code="bad_option")
+            elif isinstance(default, float):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise InputError(f"invalid option: {k}={v!r} must be a number", code="bad_option")
+                v = float(v)
+            elif isinstance(default, str):
+                if not isinstance(v, str):
+                    raise InputError(f"invalid option: {k}={v!r} must be a string", code="bad_option")
+                v = v.lower()
+            kwargs[k] = v
+        return cls(**kwargs).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
