@@ -1,0 +1,1 @@
+"""File formats: loading bake sources, writing GLB results."""

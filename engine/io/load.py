@@ -1,0 +1,225 @@
+"""Load a bake source from a file: .glb .gltf .obj (+mtl+textures) .ply, or a .zip holding one.
+
+Returns an engine.mesh.source.SourceMesh. Every problem (missing, empty,
+unsupported, corrupt, truncated) raises InputError with one line naming it.
+Gaussian-splat PLYs are recognised and refused here with a pointer to the
+splat path (they are not meshes; engine.splat handles them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.mesh.source import Material, SourceMesh, srgb_to_linear
+
+MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".zip")
+
+
+def sniff_format(path: Path) -> str:
+    """Format from content first (uploads have random names), then from the suffix."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:4] == b"glTF":
+        return "glb"
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:3] == b"ply":
+        return "ply"
+    s = head.lstrip()
+    if s[:1] == b"{":
+        return "gltf"
+    suf = path.suffix.lower()
+    if suf in (".obj",):
+        return "obj"
+    if suf in (".glb", ".gltf", ".ply", ".zip"):
+        return suf[1:]
+    # OBJ has no magic: accept text that starts like an OBJ
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    for line in text.splitlines():
+        t = line.strip()
+        if not t or t.startswith("#"):
+            continue
+        if t.split()[0] in ("v", "vt", "vn", "f", "o", "g", "mtllib", "usemtl", "s"):
+            return "obj"
+        break
+    return "unknown"
+
+
+def load_source(path, options=None) -> SourceMesh:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"file not found: {p}", hint="check the path", code="missing_file")
+    if p.is_dir():
+        raise InputError(f"'{p}' is a folder, not a model file", hint="pass a .glb, .gltf, .obj or .ply file", code="unsupported_format")
+    if p.stat().st_size == 0:
+        raise InputError(f"file is empty: {p.name}", hint="the file has 0 bytes; export it again", code="empty_file")
+    fmt = sniff_format(p)
+    if fmt in ("glb", "gltf"):
+        from engine.io.gltf import load_gltf
+
+        return load_gltf(p)
+    if fmt == "zip":
+        return _load_zip(p, options)
+    if fmt == "ply":
+        if _is_splat_ply(p):
+            raise InputError(
+                f"'{p.name}' is a Gaussian-splat PLY, not a mesh",
+                hint="bake splats on CUDA with `kiln bake splat.ply --mesh MESH` (engine.splat)",
+                code="splat_source",
+            )
+        return _load_trimesh(p, "ply")
+    if fmt == "obj":
+        return _load_trimesh(p, "obj")
+    raise InputError(
+        f"unsupported format: '{p.name}'",
+        hint="use .glb, .gltf, .obj (+.mtl and textures, or all zipped) or .ply",
+        code="unsupported_format",
+    )
+
+
+def _is_splat_ply(p: Path) -> bool:
+    try:
+        from engine.splat.ply import is_splat_ply
+
+        return bool(is_splat_ply(p))
+    except ImportError:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+        return b"f_dc_0" in head and b"opacity" in head
+
+
+def _load_zip(p: Path, options) -> SourceMesh:
+    try:
+        zf = zipfile.ZipFile(p)
+    except zipfile.BadZipFile:
+        raise InputError(f"corrupt zip archive: {p.name}", code="corrupt_file")
+    with zf, tempfile.TemporaryDirectory(prefix="kiln_zip_") as tmp:
+        root = Path(tmp).resolve()
+        total = 0
+        members = []
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            name = info.filename.replace("\\", "/")
+            target = (root / name).resolve()
+            try:
+                target.relative_to(root)
+            except ValueError:
+                raise InputError(f"zip member escapes the archive: '{info.filename}'", code="bad_input")
+            total += info.file_size
+            if total > 4 * 1024**3:
+                raise InputError("zip archive expands to more than 4 GB", code="too_large")
+            members.append((info, target))
+        models = sorted(
+            [t for _, t in members if t.suffix.lower() in (".obj", ".glb", ".gltf", ".ply")],
+            key=lambda t: ({".glb": 0, ".gltf": 1, ".obj": 2, ".ply": 3}[t.suffix.lower()], len(t.parts)),
+        )
+        if not models:
+            raise InputError(f"zip '{p.name}' holds no .obj/.glb/.gltf/.ply model", code="unsupported_format")
+        try:
+            for info, target in members:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise InputError(f"corrupt zip archive {p.name}: {e}", code="corrupt_file")
+        mesh = load_source(models[0], options)
+        mesh.name = p.stem
+        return mesh
+
+
+def _load_trimesh(p: Path, fmt: str) -> SourceMesh:
+    import logging
+
+    import trimesh
+
+    logging.getLogger("trimesh").setLevel(logging.ERROR)
+    try:
+        loaded = trimesh.load(str(p), file_type=fmt, process=False, force="scene")
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(f"cannot read {fmt.upper()} '{p.name}': corrupt or truncated ({e.__class__.__name__}: {str(e)[:120]})", hint="re-export the file", code="corrupt_file")
+    geoms = []
+    try:
+        for name, g in loaded.geometry.items():
+            pass
+        for node in loaded.graph.nodes_geometry:
+            tf, gname = loaded.graph[node]
+            g = loaded.geometry[gname]
+            if isinstance(g, trimesh.Trimesh) and len(g.faces):
+                geoms.append((g, np.asarray(tf, np.float64)))
+    except Exception as e:
+        raise InputError(f"cannot read {fmt.upper()} '{p.name}': {e}", code="corrupt_file")
+    if not geoms:
+        raise InputError(f"'{p.name}' contains no triangles", hint="a point cloud or an empty file cannot be baked", code="empty_mesh")
+    V, F, UV, VC, FM, mats = [], [], [], [], [], []
+    any_uv = any_vc = False
+    nv = 0
+    for g, tf in geoms:
+        v = np.asarray(g.vertices, np.float64) @ tf[:3, :3].T + tf[:3, 3]
+        f = np.asarray(g.faces, np.int64)
+        if np.linalg.det(tf[:3, :3]) < 0:
+            f = f[:, [0, 2, 1]]
+        vis = g.visual
+        uv = None
+        vc = None
+        mat = Material(name=f"{p.stem}_{len(mats)}", base_color_factor=np.array([0.8, 0.8, 0.8, 1.0], np.float32))
+        kind = getattr(vis, "kind", None)
+        if kind == "texture":
+            m = vis.material
+            img = getattr(m, "baseColorTexture", None) or getattr(m, "image", None)
+            fac = getattr(m, "baseColorFactor", None)
+            if fac is None:
+                fac = getattr(m, "diffuse", None)
+            if fac is not None:
+                fac = np.asarray(fac, np.float32).reshape(-1)
+                if fac.max() > 1.0:
+                    fac = fac / 255.0
+                mat.base_color_factor = np.concatenate([fac[:3], [fac[3] if len(fac) > 3 else 1.0]]).astype(np.float32)
+            if img is not None and vis.uv is not None and len(vis.uv) == len(v):
+                arr = np.asarray(img.convert("RGBA" if "A" in img.getbands() else "RGB"), np.uint8)
+                mat.texture = arr
+                uv = np.asarray(vis.uv, np.float32)[:, :2].copy()
+                uv[:, 1] = 1.0 - uv[:, 1]  # trimesh: v up; Kiln (glTF): v down
+                any_uv = True
+        elif kind == "vertex":
+            c = np.asarray(vis.vertex_colors, np.float32)[:, :3] / 255.0
+            vc = srgb_to_linear(c)  # 8-bit PLY/OBJ colours are display (sRGB) colours
+            mat.base_color_factor = np.ones(4, np.float32)
+            any_vc = True
+        elif kind == "face":
+            fc = srgb_to_linear(np.asarray(vis.face_colors, np.float32)[:, :3] / 255.0)
+            v = v[f].reshape(-1, 3)
+            if uv is not None:
+                uv = uv[f].reshape(-1, 2)
+            vc = np.repeat(fc, 3, axis=0)
+            f = np.arange(len(v), dtype=np.int64).reshape(-1, 3)
+            mat.base_color_factor = np.ones(4, np.float32)
+            any_vc = True
+        V.append(v)
+        F.append(f + nv)
+        UV.append(uv if uv is not None else np.zeros((len(v), 2), np.float32))
+        VC.append(vc)
+        FM.append(np.full(len(f), len(mats), np.int32))
+        mats.append(mat)
+        nv += len(v)
+    return SourceMesh(
+        vertices=np.concatenate(V).astype(np.float32) if all(np.isfinite(x).all() for x in V) else np.concatenate(V),
+        faces=np.concatenate(F),
+        uv=np.concatenate(UV).astype(np.float32) if any_uv else None,
+        vertex_color=np.concatenate([c if c is not None else np.ones((len(v), 3), np.float32) for c, v in zip(VC, V)]) if any_vc else None,
+        face_material=np.concatenate(FM),
+        materials=mats,
+        name=p.name,
+    )

@@ -1,0 +1,104 @@
+"""Check a bake source before any GPU call.
+
+Guarantees on return: vertices finite float32 (N, 3) C-contiguous, faces int32
+(M, 3) in range, no degenerate faces, M >= 1 and <= max_faces, UVs and colours
+finite float32. Anything else raises InputError naming the problem.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import InputError
+from engine.mesh.source import SourceMesh
+
+
+def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = "mesh") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (vertices float32, faces int32 without degenerates, kept-face mask)."""
+    try:
+        v = np.asarray(vertices)
+        f = np.asarray(faces)
+    except Exception as e:
+        raise InputError(f"{name}: vertices/faces are not arrays ({e})", code="bad_input")
+    if v.dtype == object or f.dtype == object:
+        raise InputError(f"{name}: vertices/faces are ragged or not numeric", code="bad_input")
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise InputError(f"{name}: vertices must have shape (N, 3), got {v.shape}", code="bad_input")
+    if f.size == 0 or len(f) == 0:
+        raise InputError(f"{name}: the mesh has 0 faces", hint="nothing to bake: export a mesh with triangles", code="empty_mesh")
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise InputError(f"{name}: faces must have shape (M, 3) triangles, got {f.shape}", code="bad_input")
+    if not np.issubdtype(v.dtype, np.number) or np.issubdtype(v.dtype, np.complexfloating):
+        raise InputError(f"{name}: vertices have dtype {v.dtype}, expected floats", code="bad_input")
+    if np.issubdtype(f.dtype, np.floating):
+        if not np.all(np.isfinite(f)) or not np.all(f == np.round(f)):
+            raise InputError(f"{name}: face indices are not integers", code="bad_indices")
+        f = f.astype(np.int64)
+    if not np.issubdtype(f.dtype, np.integer):
+        raise InputError(f"{name}: faces have dtype {f.dtype}, expected integers", code="bad_input")
+    if len(v) == 0:
+        raise InputError(f"{name}: the mesh has 0 vertices", code="empty_mesh")
+    if len(f) > max_faces:
+        raise InputError(
+            f"{name}: too large: {len(f):,} faces (limit {max_faces:,})",
+            hint="decimate it first, or raise the limit with --max-faces",
+            code="too_large",
+        )
+    fi = f.astype(np.int64, copy=False)
+    lo, hi = int(fi.min()), int(fi.max())
+    if lo < 0 or hi >= len(v):
+        bad = int(np.count_nonzero((fi < 0) | (fi >= len(v))))
+        raise InputError(
+            f"{name}: {bad} face indices out of range (valid 0..{len(v) - 1}, found {lo}..{hi})",
+            hint="the file is corrupt or was written with a wrong index base",
+            code="bad_indices",
+        )
+    vf = v.astype(np.float64, copy=False)
+    finite = np.isfinite(vf).all(axis=1)
+    if not finite.all():
+        nbad = int((~finite).sum())
+        raise InputError(f"{name}: {nbad} vertices have NaN or Inf coordinates", hint="fix or delete those vertices in your DCC tool", code="non_finite")
+    if np.abs(vf).max() > 1e15:
+        raise InputError(f"{name}: vertex coordinates are absurdly large (|x| > 1e15)", code="non_finite")
+    v32 = np.ascontiguousarray(vf, dtype=np.float32)
+    # degenerate: repeated index or (near) zero area
+    rep = (fi[:, 0] == fi[:, 1]) | (fi[:, 1] == fi[:, 2]) | (fi[:, 0] == fi[:, 2])
+    tri = vf[fi]
+    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    area2 = np.linalg.norm(cross, axis=1)
+    ext = float(np.linalg.norm(vf[np.unique(fi)].max(0) - vf[np.unique(fi)].min(0))) if len(fi) else 0.0
+    if ext == 0.0:
+        raise InputError(f"{name}: all vertices are at one point (zero size)", code="degenerate")
+    keep = ~rep & (area2 > (ext * 1e-10) ** 2)
+    if not keep.any():
+        raise InputError(f"{name}: all {len(f)} faces are degenerate (zero area)", code="degenerate")
+    return v32, np.ascontiguousarray(fi[keep], dtype=np.int32), keep
+
+
+def validate_source(src: SourceMesh, max_faces: int = 5_000_000) -> tuple[SourceMesh, dict]:
+    n_in = int(len(src.faces)) if hasattr(src.faces, "__len__") else 0
+    v, f, keep = validate_arrays(src.vertices, src.faces, max_faces=max_faces, name=src.name)
+    uv = vc = None
+    notes = []
+    if src.uv is not None:
+        uv = np.asarray(src.uv, np.float32)
+        if uv.shape != (len(v), 2):
+            raise InputError(f"{src.name}: UVs have shape {uv.shape}, expected ({len(v)}, 2)", code="bad_input")
+        if not np.isfinite(uv).all():
+            notes.append("non-finite UVs set to 0")
+            uv = np.nan_to_num(uv, nan=0.0, posinf=0.0, neginf=0.0)
+        uv = np.ascontiguousarray(uv)
+    if src.vertex_color is not None:
+        vc = np.asarray(src.vertex_color, np.float32)
+        if vc.ndim != 2 or len(vc) != len(v) or vc.shape[1] < 3:
+            raise InputError(f"{src.name}: vertex colours have shape {vc.shape}, expected ({len(v)}, 3)", code="bad_input")
+        if not np.isfinite(vc).all():
+            notes.append("non-finite vertex colours set to 0")
+        vc = np.ascontiguousarray(np.clip(np.nan_to_num(vc[:, :3]), 0.0, 1.0))
+    fm = None
+    if src.face_material is not None:
+        fm = np.asarray(src.face_material, np.int32)[keep]
+        if len(fm) and (fm.min() < 0 or fm.max() >= max(len(src.materials), 1)):
+            raise InputError(f"{src.name}: face material index out of range", code="bad_input")
+    out = SourceMesh(v, f, uv, vc, fm, list(src.materials), src.name)
+    return out, {"faces_in": n_in, "faces_dropped": int(n_in - len(f)), "notes": notes}

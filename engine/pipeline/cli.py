@@ -1,0 +1,134 @@
+"""`kiln bake SOURCE -o OUT.glb`: the CLI face of engine.pipeline.bake.
+
+Progress (stage + percent) goes to stderr: a redrawn bar on a terminal, one
+line per stage/10% step otherwise. Bad input prints one line and exits 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+from engine.errors import KilnError
+from engine.options import BakeOptions
+
+
+def add_bake_arguments(p: argparse.ArgumentParser) -> None:
+    d = BakeOptions()
+    p.add_argument("--faces", type=int, default=d.faces, help=f"target triangle count (default {d.faces})")
+    p.add_argument("--texture-size", type=int, default=d.texture_size, help=f"texture side in texels (default {d.texture_size})")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default=d.device, help="compute backend (default auto: cuda if usable)")
+    p.add_argument("--views", type=int, default=d.views, help=f"bake views around the object, cuda (default {d.views})")
+    p.add_argument("--view-resolution", type=int, default=d.view_resolution, help=f"bake view size in pixels, cuda (default {d.view_resolution})")
+    p.add_argument("--padding", type=int, default=d.padding, help=f"chart padding/dilation in texels (default {d.padding})")
+    p.add_argument("--cage", type=float, default=d.cage, help=f"ray search distance as a fraction of the bbox diagonal, cpu (default {d.cage})")
+    p.add_argument("--max-faces", type=int, default=d.max_faces, help=f"refuse larger inputs (default {d.max_faces:,})")
+    p.add_argument("--evaluate", action="store_true", help="measure held-out PSNR of the result against the source")
+    p.add_argument("--eval-views", type=int, default=d.eval_views, help=argparse.SUPPRESS)
+    p.add_argument("--eval-resolution", type=int, default=d.eval_resolution, help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+
+def options_from_args(args) -> BakeOptions:
+    return BakeOptions(
+        faces=args.faces,
+        texture_size=args.texture_size,
+        device=args.device,
+        views=args.views,
+        view_resolution=args.view_resolution,
+        padding=args.padding,
+        cage=args.cage,
+        evaluate=bool(args.evaluate),
+        eval_views=args.eval_views,
+        eval_resolution=args.eval_resolution,
+        max_faces=args.max_faces,
+    ).validate()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="mesh (.glb .gltf .obj .ply, or a .zip of an OBJ with its .mtl and textures)")
+    p.add_argument("-o", "--output", required=True, help="output .glb")
+    p.add_argument("--mesh", help="target mesh for a Gaussian-splat source (splat PLY)")
+    add_bake_arguments(p)
+
+
+class StderrProgress:
+    """Progress printer: a bar on a terminal, sparse lines otherwise."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.last = (None, -1)
+        self.t0 = time.perf_counter()
+
+    def __call__(self, stage: str, fraction: float, message: str = "") -> None:
+        if self.quiet:
+            return
+        pct = int(fraction * 100)
+        if self.tty:
+            bar = "#" * (pct // 4) + "-" * (25 - pct // 4)
+            msg = f"\r[{bar}] {pct:3d}% {stage:<9} {message[:40]:<40}"
+            self.stream.write(msg + ("\n" if stage == "done" else ""))
+            self.stream.flush()
+            return
+        step = pct // 10
+        if (stage, step) != self.last:
+            self.last = (stage, step)
+            el = time.perf_counter() - self.t0
+            self.stream.write(f"kiln: {pct:3d}% {stage}{(': ' + message) if message else ''} ({el:.1f}s)\n")
+            self.stream.flush()
+
+
+def report_error(e: BaseException) -> int:
+    if isinstance(e, KilnError):
+        line = f"kiln: error: {e.message}"
+        if e.hint:
+            line += f" (hint: {e.hint})"
+        print(line, file=sys.stderr)
+        return e.exit_code
+    if isinstance(e, MemoryError):
+        print("kiln: error: out of memory (hint: use a smaller --texture-size or --faces, or simplify the source first)", file=sys.stderr)
+        return 1
+    print(f"kiln: internal error: {e.__class__.__name__}: {e} (please report this; traceback below)", file=sys.stderr)
+    traceback.print_exc(file=sys.stderr)
+    return 1
+
+
+def print_summary(report: dict, output) -> None:
+    t = report.get("timings", {})
+    parts = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
+    line = (
+        f"kiln: wrote {output}: {report['faces_in']} -> {report['faces_out']} faces, "
+        f"{report['texture_size']}px texture, backend {report['backend']}; {parts}"
+    )
+    if "psnr" in report:
+        line += f"; held-out PSNR {report['psnr']:.2f} dB"
+    print(line, file=sys.stderr)
+
+
+def run(args) -> int:
+    from engine.pipeline import bake
+
+    try:
+        opts = options_from_args(args)
+        source = args.source
+        if getattr(args, "mesh", None):
+            from engine.pipeline.splat import splat_source
+
+            source = splat_source(args.source, args.mesh)
+        res = bake(source, args.output, opts, progress=StderrProgress(args.quiet))
+    except BaseException as e:  # noqa: BLE001 - every failure becomes one line + exit code
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return report_error(e)
+    if args.json:
+        print(json.dumps(res.report, indent=2))
+    if not args.quiet:
+        print_summary(res.report, args.output)
+    return 0

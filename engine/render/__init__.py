@@ -1,0 +1,1 @@
+"""Cameras and renderers (CPU: Embree ray casting; CUDA: nvdiffrast) of Kiln meshes."""

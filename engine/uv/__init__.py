@@ -1,0 +1,1 @@
+"""UV stage: xatlas unwrapping."""
