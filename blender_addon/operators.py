@@ -1,0 +1,309 @@
+"""Operators: kiln.bake_selected, kiln.image_to_3d, kiln.cancel, kiln.check_engine.
+
+Interactive Blender: the operator exports the source (main thread), starts
+the job on a worker thread and returns at once; a timer imports the result.
+Background mode (``blender -b``, bpy as a module; no timers fire): the
+operator blocks until the job ends and returns {'FINISHED'} with the new
+object active, or {'CANCELLED'} with an error report.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import bpy
+from bpy.props import EnumProperty, StringProperty
+
+from . import scene_io, state
+from .core.client import EngineError
+from .core.jobs import CANCELLED, DONE, JobSpec
+
+RUN_MODES = [
+    ("AUTO", "Auto", "Block in background mode (scripts), run in the background otherwise"),
+    ("BLOCKING", "Blocking", "Wait for the job to end"),
+    ("ASYNC", "Asynchronous", "Return at once; a timer imports the result"),
+]
+
+
+def _poll_fail(cls, msg: str) -> bool:
+    if hasattr(cls, "poll_message_set"):
+        cls.poll_message_set(msg)
+    return False
+
+
+def _settings(context):
+    return getattr(context.scene, "kiln", None)
+
+
+class _JobOperator:
+    run_mode: EnumProperty(name="Run mode", items=RUN_MODES, default="AUTO", options={"HIDDEN", "SKIP_SAVE"})
+    fault: StringProperty(
+        name="Fault (testing)",
+        description="Passed to the engine as the job's 'fault' option; only an engine started with --allow-fault-injection accepts it",
+        default="",
+        options={"HIDDEN", "SKIP_SAVE"},
+    )
+
+    def _reporter(self):
+        def report(level: str, text: str) -> None:
+            self.report({level}, text)
+
+        return report
+
+    def _run(self, context, spec: JobSpec, label: str, on_done) -> set:
+        blocking = state.blocking_wanted(self.run_mode)
+        kind = state.start_job(spec, label, on_done, blocking, self._reporter())
+        if not blocking:
+            self.report({"INFO"}, f"Kiln: {label} started (progress in the Kiln panel)")
+            return {"FINISHED"}
+        return {"FINISHED"} if kind == DONE else {"CANCELLED"}
+
+    def _options(self, settings) -> dict:
+        opts = settings.bake_options()
+        if self.fault:
+            opts["fault"] = self.fault
+        return opts
+
+
+class KILN_OT_bake_selected(_JobOperator, bpy.types.Operator):
+    """Bake the active object (modifiers applied) into a low-poly, UV-unwrapped, texture-baked copy"""
+
+    bl_idname = "kiln.bake_selected"
+    bl_label = "Bake Selected"
+    bl_options = {"REGISTER"}  # the undo step is pushed when the result lands
+
+    @classmethod
+    def poll(cls, context):
+        if state.rt.busy:
+            return _poll_fail(cls, "A Kiln job is running: wait for it or cancel it")
+        obj = context.active_object
+        if obj is None:
+            return _poll_fail(cls, "Select a mesh object to bake")
+        if obj.type not in scene_io.EXPORTABLE_TYPES:
+            return _poll_fail(cls, f"The active object is a {obj.type.lower()}: select a mesh")
+        if context.mode != "OBJECT":
+            return _poll_fail(cls, "Switch to Object Mode to bake")
+        return True
+
+    def execute(self, context):
+        settings = _settings(context)
+        obj = context.active_object
+        scene, view_layer = context.scene, context.view_layer
+        workdir = state.new_workdir()
+        src = os.path.join(workdir, "source.glb")
+        try:
+            info = scene_io.export_source(obj, scene, view_layer, context.evaluated_depsgraph_get(), src)
+        except EngineError as e:
+            shutil.rmtree(workdir, ignore_errors=True)
+            state.rt.last_error = e
+            self.report({"ERROR"}, f"Kiln: {e.full_text()}")
+            return {"CANCELLED"}
+        source_name = obj.name
+        scene_name = scene.name
+        hide = settings.hide_source
+        faces_in = info["faces"]
+        spec = JobSpec("bake", src, scene_io.safe_name(source_name) + ".glb", self._options(settings), workdir, "model/gltf-binary", label=source_name)
+
+        def on_done(result: dict) -> str:
+            sc = bpy.data.scenes.get(scene_name)
+            source = bpy.data.objects.get(source_name)
+            if sc is None:
+                raise EngineError(f"scene {scene_name!r} is gone", hint="bake again", code="scene_gone")
+            vl = _view_layer_for(sc)
+            matrix = source.matrix_world.copy() if source is not None else _identity()
+            new = scene_io.import_result(result["result"], sc, vl, source_name, matrix, result.get("report"))
+            if hide and source is not None and source.name in vl.objects:
+                source.hide_set(True, view_layer=vl)
+            _undo_push(f"Kiln: bake {source_name}")
+            faces_out = len(new.data.polygons)
+            rep = result.get("report") or {}
+            secs = rep.get("total_seconds")
+            return f"{source_name} → {new.name} ({faces_in} → {faces_out} faces" + (f", {secs:.1f} s" if isinstance(secs, (int, float)) else "") + ")"
+
+        return self._run(context, spec, source_name, on_done)
+
+
+class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
+    """Turn a photo of an object into a textured 3D object at the 3D cursor"""
+
+    bl_idname = "kiln.image_to_3d"
+    bl_label = "Image to 3D"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        if state.rt.busy:
+            return _poll_fail(cls, "A Kiln job is running: wait for it or cancel it")
+        s = _settings(context)
+        if s is None:
+            return False
+        if context.mode != "OBJECT":
+            return _poll_fail(cls, "Switch to Object Mode")
+        if state.offers("reconstruct") is False:
+            return _poll_fail(cls, "The engine does not offer Image to 3D (update the engine, then Check Engine)")
+        if s.image_source == "FILE" and not s.image_path:
+            return _poll_fail(cls, "Choose an image file")
+        if s.image_source == "IMAGE" and s.image is None:
+            return _poll_fail(cls, "Choose an image")
+        if s.mask_source == "FILE" and not s.mask_path:
+            return _poll_fail(cls, "Choose a mask file (or set Mask to Alpha / Auto)")
+        if s.mask_source == "IMAGE" and s.mask_image is None:
+            return _poll_fail(cls, "Choose a mask image (or set Mask to Alpha / Auto)")
+        return True
+
+    def execute(self, context):
+        s = _settings(context)
+        workdir = state.new_workdir()
+        try:
+            if s.image_source == "FILE":
+                img_path = bpy.path.abspath(s.image_path)
+                if not os.path.isfile(img_path):
+                    raise EngineError(f"image file {img_path!r} not found", hint="choose an existing image file", code="no_image")
+                label = os.path.splitext(os.path.basename(img_path))[0] or "image"
+            else:
+                img_path = scene_io.image_file_for_upload(s.image, workdir, "image")
+                label = os.path.splitext(s.image.name)[0] or "image"
+            extra = []
+            mask_path = None
+            if s.mask_source == "FILE":
+                mask_path = bpy.path.abspath(s.mask_path)
+                if not os.path.isfile(mask_path):
+                    raise EngineError(f"mask file {mask_path!r} not found", hint="choose an existing mask image or set Mask to Alpha / Auto", code="no_mask")
+            elif s.mask_source == "IMAGE":
+                mask_path = scene_io.image_file_for_upload(s.mask_image, workdir, "mask")
+            if mask_path:
+                extra.append(("mask", "mask" + os.path.splitext(mask_path)[1], mask_path, scene_io.content_type_for(mask_path)))
+        except EngineError as e:
+            shutil.rmtree(workdir, ignore_errors=True)
+            state.rt.last_error = e
+            self.report({"ERROR"}, f"Kiln: {e.full_text()}")
+            return {"CANCELLED"}
+        label = scene_io.safe_name(label)
+        scene_name = context.scene.name
+        cursor = context.scene.cursor.matrix.copy()
+        spec = JobSpec(
+            "reconstruct",
+            img_path,
+            label + os.path.splitext(img_path)[1].lower(),
+            self._options(s),
+            workdir,
+            scene_io.content_type_for(img_path),
+            extra_files=extra,
+            label=label,
+        )
+
+        def on_done(result: dict) -> str:
+            sc = bpy.data.scenes.get(scene_name)
+            if sc is None:
+                raise EngineError(f"scene {scene_name!r} is gone", hint="run Image to 3D again", code="scene_gone")
+            vl = _view_layer_for(sc)
+            new = scene_io.import_result(result["result"], sc, vl, label, cursor, result.get("report"))
+            _undo_push(f"Kiln: image to 3D {label}")
+            return f"{label} → {new.name} ({len(new.data.polygons)} faces)"
+
+        return self._run(context, spec, label, on_done)
+
+
+class KILN_OT_cancel(bpy.types.Operator):
+    """Cancel the running Kiln job"""
+
+    bl_idname = "kiln.cancel"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        job = state.rt.job
+        if job is None:
+            return _poll_fail(cls, "No Kiln job is running")
+        if job.task.cancel_requested:
+            return _poll_fail(cls, "Already cancelling")
+        return True
+
+    def execute(self, context):
+        state.rt.job.task.cancel()
+        self.report({"INFO"}, "Kiln: cancelling…")
+        return {"FINISHED"}
+
+
+class KILN_OT_check_engine(bpy.types.Operator):
+    """Connect to the engine (starting the local one if needed) and show its version, backends and GPU"""
+
+    bl_idname = "kiln.check_engine"
+    bl_label = "Check Engine"
+    bl_options = {"REGISTER"}
+
+    run_mode: EnumProperty(name="Run mode", items=RUN_MODES, default="AUTO", options={"HIDDEN", "SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        if state.rt.check is not None:
+            return _poll_fail(cls, "Checking the engine…")
+        return True
+
+    def execute(self, context):
+        blocking = state.blocking_wanted(self.run_mode)
+
+        def report(level, text):
+            self.report({level}, text)
+
+        kind = state.start_check(blocking, report)
+        if not blocking:
+            return {"FINISHED"}
+        return {"FINISHED"} if kind == DONE else {"CANCELLED"}
+
+
+class KILN_OT_report(bpy.types.Operator):
+    """Show a Kiln message in the status bar and Info log"""
+
+    bl_idname = "kiln.report"
+    bl_label = "Kiln Message"
+    bl_options = {"INTERNAL"}
+
+    level: EnumProperty(items=[("INFO", "Info", ""), ("WARNING", "Warning", ""), ("ERROR", "Error", "")], default="INFO")
+    message: StringProperty()
+
+    def execute(self, context):
+        self.report({self.level}, self.message)
+        return {"FINISHED"}
+
+
+def _view_layer_for(scene):
+    win = bpy.context.window
+    if win is not None and win.scene == scene:
+        return win.view_layer
+    wm = bpy.context.window_manager
+    for w in (wm.windows if wm else []):
+        if w.scene == scene:
+            return w.view_layer
+    if bpy.context.scene == scene and bpy.context.view_layer is not None:
+        return bpy.context.view_layer
+    return scene.view_layers[0]
+
+
+def _identity():
+    from mathutils import Matrix
+
+    return Matrix.Identity(4)
+
+
+def _undo_push(message: str) -> None:
+    try:
+        with bpy.context.temp_override(**state._window_ctx()):
+            bpy.ops.ed.undo_push(message=message)
+    except Exception:
+        pass
+
+
+classes = (KILN_OT_bake_selected, KILN_OT_image_to_3d, KILN_OT_cancel, KILN_OT_check_engine, KILN_OT_report)
+
+
+def register():
+    for c in classes:
+        bpy.utils.register_class(c)
+
+
+def unregister():
+    for c in reversed(classes):
+        bpy.utils.unregister_class(c)
