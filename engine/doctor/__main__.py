@@ -1,0 +1,7 @@
+"""`python -m engine.doctor` == `kiln doctor`."""
+
+import sys
+
+from engine.doctor import main
+
+sys.exit(main())
