@@ -7,67 +7,59 @@
 2. Push-pull (a coverage-weighted mip pyramid, then upsampled back down)
    fills every remaining texel with a smooth blend of the nearest colours, so
    the whole texture has no holes at any mip level.
+Torch ops, so it runs where the bake ran (GPU for cuda, CPU otherwise).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
-def _dilate_once(col: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    H, W = w.shape
-    pc = np.pad(col * w[..., None], ((1, 1), (1, 1), (0, 0)))
-    pw = np.pad(w, 1)
-    acc = np.zeros_like(col)
-    cnt = np.zeros_like(w)
-    for dy in (0, 1, 2):
-        for dx in (0, 1, 2):
-            if dy == 1 and dx == 1:
-                continue
-            acc += pc[dy : dy + H, dx : dx + W]
-            cnt += pw[dy : dy + H, dx : dx + W]
+def _dilate_once(col: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # col (1,3,H,W) premultiplied by w (1,1,H,W)
+    box = lambda x: F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=True) * 9.0  # noqa: E731
+    cnt = box(w)
+    acc = box(col * w)
     grow = (w == 0) & (cnt > 0)
-    out = col.copy()
-    out[grow] = acc[grow] / cnt[grow][:, None]
-    w2 = w.copy()
-    w2[grow] = 1.0
-    return out, w2
+    col = torch.where(grow, acc / cnt.clamp_min(1e-12), col)
+    return col, torch.where(grow, torch.ones_like(w), w)
 
 
-def push_pull(col: np.ndarray, w: np.ndarray) -> np.ndarray:
-    levels = [(col * w[..., None], w)]
-    while max(levels[-1][1].shape) > 1:
+def push_pull(col: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    levels = [(col * w, w)]
+    while max(levels[-1][1].shape[2:]) > 1:
         c, ww = levels[-1]
-        H, W = ww.shape
+        H, W = ww.shape[2:]
         if H % 2 or W % 2:
-            c = np.pad(c, ((0, H % 2), (0, W % 2), (0, 0)))
-            ww = np.pad(ww, ((0, H % 2), (0, W % 2)))
-            H, W = ww.shape
-        c2 = c.reshape(H // 2, 2, W // 2, 2, -1).sum((1, 3))
-        w2 = ww.reshape(H // 2, 2, W // 2, 2).sum((1, 3))
-        levels.append((c2, w2))
-    # pull: from coarse to fine, fill empty texels with the coarser level's mean colour
+            c = F.pad(c, (0, W % 2, 0, H % 2))
+            ww = F.pad(ww, (0, W % 2, 0, H % 2))
+        levels.append((F.avg_pool2d(c, 2) * 4, F.avg_pool2d(ww, 2) * 4))
     c, ww = levels[-1]
-    mean = c / np.maximum(ww, 1e-12)[..., None]
+    mean = c / ww.clamp_min(1e-12)
     for c, ww in reversed(levels[:-1]):
-        H, W = ww.shape
-        up = np.repeat(np.repeat(mean, 2, 0), 2, 1)[:H, :W]
-        m = c / np.maximum(ww, 1e-12)[..., None]
-        mean = np.where((ww > 0)[..., None], m, up)
+        H, W = ww.shape[2:]
+        up = F.interpolate(mean, scale_factor=2, mode="nearest")[:, :, :H, :W]
+        mean = torch.where(ww > 0, c / ww.clamp_min(1e-12), up)
     return mean
 
 
-def fill_and_dilate(texture: np.ndarray, coverage: np.ndarray, padding: int = 4) -> np.ndarray:
-    """float (S,S,3) sRGB + bool coverage -> uint8 (S,S,3), every texel filled."""
-    col = np.asarray(texture, np.float32)
-    w = coverage.astype(np.float32)
-    if w.sum() == 0:
-        col = np.full_like(col, 0.5)
-        return (col * 255.0 + 0.5).astype(np.uint8)
-    for _ in range(max(int(padding), 1) * 2):
-        if w.min() > 0:
-            break
-        col, w = _dilate_once(col, w)
-    if w.min() == 0:
-        col = np.where((w > 0)[..., None], col, push_pull(col, w))
-    return (np.clip(col, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+def fill_and_dilate(texture, coverage, padding: int = 4, device=None) -> np.ndarray:
+    """float (S,S,3) sRGB + bool coverage (numpy or torch) -> uint8 (S,S,3) numpy, every texel filled."""
+    t = torch.as_tensor(np.asarray(texture) if not torch.is_tensor(texture) else texture, dtype=torch.float32)
+    m = torch.as_tensor(np.asarray(coverage) if not torch.is_tensor(coverage) else coverage)
+    if device is not None:
+        t, m = t.to(device), m.to(device)
+    with torch.no_grad():
+        col = t.permute(2, 0, 1)[None].contiguous()
+        w = m.to(torch.float32)[None, None]
+        if float(w.sum()) == 0:
+            col = torch.full_like(col, 0.5)
+        else:
+            for _ in range(max(int(padding), 1) * 2):
+                col, w = _dilate_once(col, w)
+            if bool((w == 0).any()):
+                col = torch.where(w > 0, col, push_pull(col, w))
+        out = (col[0].permute(1, 2, 0).clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+    return out.cpu().numpy()

@@ -67,8 +67,9 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray, weld_positions: bool
     tri = v[faces]
     fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     if weld_positions:
-        _, key = np.unique(vertices, axis=0, return_inverse=True)
-        key = key.reshape(-1)
+        from engine.mesh.simplify import unique_rows
+
+        _, key = unique_rows(vertices)
     else:
         key = np.arange(len(v))
     acc = np.zeros((key.max() + 1, 3))

@@ -5,13 +5,29 @@ from __future__ import annotations
 import numpy as np
 
 
+def unique_rows(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique rows, inverse index) of an (N, 3) array; a lexsort is ~4x faster than np.unique(axis=0)."""
+    v = np.asarray(v)
+    if len(v) == 0:
+        return v, np.zeros(0, np.int64)
+    order = np.lexsort((v[:, 2], v[:, 1], v[:, 0]))
+    sv = v[order]
+    new = np.empty(len(v), bool)
+    new[0] = True
+    new[1:] = np.any(sv[1:] != sv[:-1], axis=1)
+    gid = np.cumsum(new) - 1
+    inv = np.empty(len(v), np.int64)
+    inv[order] = gid
+    return sv[new], inv
+
+
 def weld(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Merge vertices with identical positions (glTF splits them at UV/colour seams) and drop unused ones.
 
     Without this, decimation would tear the surface open along every seam.
     """
-    uniq, inv = np.unique(vertices, axis=0, return_inverse=True)
-    f = inv.reshape(-1)[faces]
+    uniq, inv = unique_rows(vertices)
+    f = inv[faces]
     ok = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 0] != f[:, 2])
     f = f[ok]
     used = np.unique(f)
@@ -52,3 +68,27 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, target_faces: int, aggress
         if len(cur_f) <= target_faces * 1.05 or len(cur_f) < 8:
             break
     return np.ascontiguousarray(cur_v, np.float32), np.ascontiguousarray(cur_f, np.int32)
+
+
+def is_closed(faces: np.ndarray) -> bool:
+    """Every edge shared by exactly two faces (a closed, manifold surface)."""
+    e = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1).astype(np.int64)
+    key = e[:, 0] * (int(e.max()) + 1) + e[:, 1]
+    _, counts = np.unique(key, return_counts=True)
+    return bool(np.all(counts == 2))
+
+
+def orient_outward(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Flip the winding of a closed mesh whose normals point inward (negative signed volume).
+
+    The CUDA bake trusts normals to face the cameras that see a texel, and
+    viewers cull back faces; open surfaces are left as they are (every
+    orientation of them is seen from some bake view).
+    """
+    if len(faces) == 0 or not is_closed(faces):
+        return faces, False
+    t = vertices[faces].astype(np.float64)
+    vol = np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0
+    if vol < 0:
+        return np.ascontiguousarray(faces[:, [0, 2, 1]]), True
+    return faces, False

@@ -66,7 +66,7 @@ def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = 
     tri = vf[fi]
     cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     area2 = np.linalg.norm(cross, axis=1)
-    ext = float(np.linalg.norm(vf[np.unique(fi)].max(0) - vf[np.unique(fi)].min(0))) if len(fi) else 0.0
+    ext = float(np.linalg.norm(vf.max(0) - vf.min(0)))
     if ext == 0.0:
         raise InputError(f"{name}: all vertices are at one point (zero size)", code="degenerate")
     keep = ~rep & (area2 > (ext * 1e-10) ** 2)

@@ -64,7 +64,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     from engine.bake import bake_texture
     from engine.bake.dilate import fill_and_dilate
     from engine.io.export import write_glb
-    from engine.mesh.simplify import simplify
+    from engine.mesh.simplify import orient_outward, simplify
     from engine.mesh.validate import validate_source
     from engine.uv.unwrap import unwrap
 
@@ -76,6 +76,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
 
     prog.begin("simplify", f"{src.n_faces} -> {options.faces} faces")
     low_v, low_f = simplify(src.vertices, src.faces, options.faces, aggression=options.simplify_aggression, progress=prog)
+    low_f, flipped = orient_outward(low_v, low_f)
     prog.end()
 
     prog.begin("unwrap", f"xatlas on {len(low_f)} faces")
@@ -87,7 +88,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     prog.end()
 
     prog.begin("dilate")
-    texture_u8 = fill_and_dilate(texture, coverage, padding=options.padding)
+    texture_u8 = fill_and_dilate(texture, coverage, padding=options.padding, device=be.device)
     prog.end()
 
     prog.begin("export")
@@ -109,6 +110,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
         "faces_out": int(len(uv_f)),
         "vertices_out": int(len(uv_v)),
         "appearance": src.appearance_kind(),
+        "winding_flipped": bool(flipped),
         "coverage": float(coverage.mean()),
         "bake": bake_info,
         "options": options.to_dict(),
