@@ -26,6 +26,7 @@ from engine.reconstruct.base import FrontView
 
 IOU_MIN = 0.95
 PSNR_MIN = 25.0
+PSNR_CAP = 100.0  # identical images report 100 dB (keeps the report valid JSON: no Infinity)
 
 
 def _intersector(vertices: np.ndarray, faces: np.ndarray):
@@ -97,7 +98,7 @@ def psnr(render: np.ndarray, photo: np.ndarray, where: np.ndarray) -> float:
         return 0.0
     ref = photo.astype(np.float32) / 255.0 if photo.dtype == np.uint8 else photo.astype(np.float32)
     mse = float(np.mean((render[where] - ref[where]) ** 2))
-    return float("inf") if mse <= 1e-12 else 10.0 * math.log10(1.0 / mse)
+    return min(PSNR_CAP, 10.0 * math.log10(1.0 / max(mse, 1e-30)))
 
 
 def closedness(vertices: np.ndarray, faces: np.ndarray) -> dict:
