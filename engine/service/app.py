@@ -1,0 +1,460 @@
+"""The HTTP API of the engine service (FastAPI). Versioned under /v1, OpenAPI at /openapi.json.
+
+Every error is JSON ``{"error": {"code", "message", "hint"}}``, including
+unknown routes (404), wrong methods (405), request validation (422) and
+anything unexpected (500). This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.util
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine import API_VERSION, __version__
+from engine.errors import InputError
+from engine.options import BakeOptions
+from engine.service.errors import ApiError, code_for_status, error_body
+from engine.service.sniff import sniff_upload
+from engine.service.supervisor import STATES, Job, Supervisor
+from engine.service.upload import download_stem, display_name, receive_job_upload
+
+log = logging.getLogger("kiln.service")
+
+KINDS = ("bake", "reconstruct")
+FAULT_RE = re.compile(r"^(segfault|abort|hang|raise)@([a-z_]{1,40})$")
+INPUT_EXT = {"glb": "glb", "gltf": "gltf", "obj": "obj", "ply": "ply", "zip": "zip", "png": "png", "jpeg": "jpg"}
+OPTIONS_HINT = 'send a JSON object, e.g. {"faces": 5000, "texture_size": 1024}; allowed fields: kind, ' + ", ".join(BakeOptions.field_names())
+
+
+# --- response models (documentation; extra fields are kept) -------------------------------------
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(_Open):
+    code: str
+    message: str
+    hint: Optional[str] = None
+
+
+class ErrorResponse(_Open):
+    error: ErrorDetail
+
+
+class JobModel(_Open):
+    id: str
+    kind: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    stage: Optional[str] = None
+    progress: float = 0.0
+    message: Optional[str] = None
+    error: Optional[dict[str, Any]] = None
+    timings: Optional[dict[str, Any]] = None
+    created_at: Optional[float] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    queue_position: Optional[int] = None
+
+
+class JobList(_Open):
+    jobs: list[JobModel]
+    count: int
+
+
+class Deleted(_Open):
+    id: str
+    deleted: bool
+
+
+class Health(_Open):
+    status: str
+    version: str
+    api_version: str
+    backends: Optional[list[str]] = None
+    gpus: list[str] = []
+    workers: list[dict[str, Any]] = []
+    queue_length: int = 0
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 422)}
+
+
+def _job_not_found(job_id: str) -> ApiError:
+    return ApiError(
+        404,
+        "job_not_found",
+        f"no job with id {job_id[:80]!r}",
+        "the job may have been deleted or have expired; list the jobs with GET /v1/jobs",
+    )
+
+
+def reconstruct_available() -> bool:
+    """Whether engine.reconstruct.pipeline exists, found without importing it (it may import torch)."""
+    try:
+        spec = importlib.util.find_spec("engine.reconstruct")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any((Path(loc) / "pipeline.py").is_file() or (Path(loc) / "pipeline" / "__init__.py").is_file() for loc in spec.submodule_search_locations)
+
+
+def parse_job_options(text: Optional[str], allow_fault: bool) -> dict:
+    """Validate the `options` JSON of a job: {kind, fault, reconstruct, options(BakeOptions dict)}."""
+    if text is None or not text.strip():
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ApiError(422, "bad_json", f"the `options` field is not valid JSON: {str(e)[:200]}", OPTIONS_HINT)
+    if not isinstance(data, dict):
+        raise ApiError(422, "bad_json", f"`options` must be a JSON object, not {type(data).__name__}", OPTIONS_HINT)
+    data = dict(data)
+    kind = data.pop("kind", "bake")
+    if kind not in KINDS:
+        raise ApiError(422, "unknown_kind", f"unknown kind {str(kind)[:60]!r}", 'kind is "bake" (default) or "reconstruct"')
+    if kind == "reconstruct" and not reconstruct_available():
+        raise ApiError(422, "unknown_kind", "kind 'reconstruct' is not available in this engine", 'use kind "bake" with a 3D model')
+    fault = data.pop("fault", None)
+    if fault is not None:
+        if not allow_fault:
+            raise ApiError(
+                422,
+                "bad_option",
+                "unknown option(s): fault (fault injection is off)",
+                "`fault` exists for tests only: start the service with --allow-fault-injection",
+            )
+        if not isinstance(fault, str) or not FAULT_RE.match(fault):
+            raise ApiError(422, "bad_option", f"invalid option: fault={str(fault)[:60]!r}", 'use "segfault@STAGE", "abort@STAGE", "hang@STAGE" or "raise@STAGE"')
+    recon = data.pop("reconstruct", None) if kind == "reconstruct" else None
+    if recon is not None and not isinstance(recon, dict):
+        raise ApiError(422, "bad_option", "invalid option: reconstruct must be a JSON object", OPTIONS_HINT)
+    try:
+        opts = BakeOptions.from_dict(data)
+    except InputError as e:
+        raise ApiError(422, e.code, e.message, e.hint or OPTIONS_HINT)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ApiError(422, "bad_option", f"invalid options: {str(e)[:200]}", OPTIONS_HINT)
+    return {"kind": kind, "fault": fault, "reconstruct": recon, "options": opts.to_dict()}
+
+
+class TokenAuth:
+    """ASGI middleware: every request except GET /v1/health needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.token = token.encode("utf-8")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or (scope["method"] == "GET" and scope["path"] == "/v1/health"):
+            return await self.app(scope, receive, send)
+        got = b""
+        for k, v in scope.get("headers", []):
+            if k == b"authorization":
+                got = v
+                break
+        scheme, _, cred = got.partition(b" ")
+        ok = scheme.lower() == b"bearer" and hmac.compare_digest(cred.strip(), self.token)
+        if not ok:
+            why = "no Authorization header" if not got else "the token does not match"
+            resp = JSONResponse(
+                error_body(
+                    "unauthorized",
+                    f"this service needs a token ({why})",
+                    "send `Authorization: Bearer <token>` with the token the service was started with (--token/--token-file)",
+                ),
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="kiln"'},
+            )
+            return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class _DoctorCache:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.at = 0.0
+        self.value = None
+
+
+def create_app(sup: Supervisor) -> FastAPI:
+    cfg = sup.config
+    app = FastAPI(
+        title="Kiln engine service",
+        version=__version__,
+        description="Jobs over HTTP: upload a model (or a photo), get a low-poly, UV-unwrapped, texture-baked GLB. "
+        "Errors are always JSON {\"error\": {\"code\", \"message\", \"hint\"}}. See docs/service.md.",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.supervisor = sup
+    doctor_cache = _DoctorCache()
+
+    # --- errors ----------------------------------------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        code, hint = code_for_status(exc.status_code)
+        path = request.url.path[:200]
+        if exc.status_code == 404:
+            message = f"no such endpoint: {request.method} {path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {path}"
+        else:
+            message = str(exc.detail)
+        return JSONResponse(error_body(code, message, hint), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors()[:5]:
+            loc = ".".join(str(x) for x in e.get("loc", ()))
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+        return JSONResponse(error_body("bad_request", "invalid request: " + "; ".join(parts)[:500], "see /openapi.json"), status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        code, hint = code_for_status(500)
+        return JSONResponse(error_body(code, f"internal error ({exc.__class__.__name__})", hint), status_code=500)
+
+    if cfg.token:
+        app.add_middleware(TokenAuth, token=cfg.token)
+
+    # --- endpoints -------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index():
+        return {"service": "kiln", "version": __version__, "api": f"/{API_VERSION}", "health": "/v1/health", "openapi": "/openapi.json"}
+
+    @app.get("/v1/health", response_model=Health, summary="Service status (no token needed)")
+    def health():
+        h = sup.health()
+        info = h.pop("worker_info") or {}
+        workers = h["workers"]
+        status = "ok"
+        if sup.stopping:
+            status = "stopping"
+        elif any(w["state"] in ("failing", "broken") for w in workers):
+            status = "degraded"
+        gpus = [g.name for g in cfg.gpus] or list(info.get("gpu_names") or [])
+        kinds = ["bake"] + (["reconstruct"] if reconstruct_available() else [])
+        return {
+            "status": status,
+            "version": __version__,
+            "api_version": API_VERSION,
+            "backends": info.get("backends"),
+            "cuda": info.get("cuda"),
+            "gpus": gpus,
+            "workers": workers,
+            "queue_length": h["queue_length"],
+            "jobs": h["jobs"],
+            "kinds": kinds,
+            "auth": bool(cfg.token),
+            "fault_injection": cfg.allow_fault_injection,
+            "limits": {
+                "max_upload_bytes": cfg.max_upload_bytes,
+                "job_timeout_s": cfg.job_timeout,
+                "cancel_grace_s": cfg.cancel_grace,
+                "retention_s": cfg.retention_s,
+                "max_queue": cfg.max_queue,
+            },
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - sup.started_at, 1),
+        }
+
+    @app.post(
+        "/v1/jobs",
+        status_code=202,
+        response_model=JobModel,
+        summary="Submit a job: multipart `file` (model bytes, or a photo for kind=reconstruct) + `options` (JSON)",
+        responses={**ERRORS, 413: {"model": ErrorResponse}, 415: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["file"],
+                            "properties": {
+                                "file": {"type": "string", "format": "binary", "description": "GLB, glTF (embedded), OBJ or a zip of OBJ+MTL+textures, PLY; PNG/JPEG for kind=reconstruct"},
+                                "options": {
+                                    "type": "string",
+                                    "description": "JSON object: the `kiln bake` options (" + ", ".join(BakeOptions.field_names()) + ") plus kind (bake|reconstruct)",
+                                },
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
+    async def create_job(request: Request):
+        if sup.stopping:
+            raise ApiError(503, "shutting_down", "the service is shutting down", "retry when it is back")
+        if sup.queue_full():
+            raise ApiError(429, "queue_full", f"the job queue is full ({cfg.max_queue} jobs waiting)", "wait for jobs to finish, then retry")
+        up = await receive_job_upload(request, cfg.uploads_dir, cfg.max_upload_bytes)
+        try:
+            spec = parse_job_options(up.options_text, cfg.allow_fault_injection)
+            fmt = await anyio.to_thread.run_sync(sniff_upload, up.path, spec["kind"], max(cfg.max_upload_bytes * 10, 4 * 1024**3))
+            job_id = uuid.uuid4().hex
+            jdir = sup.job_dir(job_id)
+            jdir.mkdir(parents=True)
+            input_file = "input." + INPUT_EXT[fmt]
+            os.replace(up.path, jdir / input_file)
+            up.path = None
+            job = Job(
+                id=job_id,
+                kind=spec["kind"],
+                options=spec["options"],
+                source_name=display_name(up.filename),
+                input_file=input_file,
+                input_format=fmt,
+                input_bytes=up.size,
+                recon_options=spec["reconstruct"],
+                fault=spec["fault"],
+            )
+            sup.submit(job)
+        finally:
+            if up.path is not None:
+                try:
+                    up.path.unlink()
+                except OSError:
+                    pass
+        return JSONResponse(sup.get(job_id), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+    @app.get("/v1/jobs", response_model=JobList, summary="All jobs, oldest first", responses=ERRORS)
+    def list_jobs(state: Optional[Literal["queued", "running", "succeeded", "failed", "cancelled"]] = Query(None)):
+        jobs = sup.list(state)
+        return {"jobs": jobs, "count": len(jobs)}
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobModel, summary="State, stage, progress, timings and error of a job", responses=ERRORS)
+    def get_job(job_id: str):
+        job = sup.get(job_id)
+        if job is None:
+            raise _job_not_found(job_id)
+        return job
+
+    def _need_succeeded(job_id: str) -> dict:
+        job = sup.get(job_id)
+        if job is None:
+            raise _job_not_found(job_id)
+        if job["state"] in ("queued", "running"):
+            raise ApiError(409, "not_ready", f"job {job_id} is {job['state']} (stage {job['stage']}, {job['progress']:.0%})",
+                           "poll GET /v1/jobs/{id} until its state is succeeded")
+        if job["state"] != "succeeded":
+            err = job.get("error") or {}
+            raise ApiError(409, "no_result", f"job {job_id} {job['state']}: {err.get('message') or job['message']}", err.get("hint"))
+        return job
+
+    @app.get(
+        "/v1/jobs/{job_id}/result",
+        summary="The baked GLB (model/gltf-binary); 409 while the job is not done",
+        response_class=Response,
+        responses={200: {"content": {"model/gltf-binary": {"schema": {"type": "string", "format": "binary"}}}}, 409: {"model": ErrorResponse}, **ERRORS},
+    )
+    def get_result(job_id: str):
+        job = _need_succeeded(job_id)
+        try:
+            f = open(sup.result_path(job_id, "result.glb"), "rb")
+        except OSError:
+            raise _job_not_found(job_id)
+        size = os.fstat(f.fileno()).st_size
+
+        def chunks():
+            try:
+                while True:
+                    b = f.read(1024 * 1024)
+                    if not b:
+                        break
+                    yield b
+            finally:
+                f.close()
+
+        name = download_stem(job["source_name"]) + "_kiln.glb"
+        return StreamingResponse(
+            chunks(),
+            media_type="model/gltf-binary",
+            headers={"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    @app.get("/v1/jobs/{job_id}/report", summary="The JSON report of a finished bake", responses={409: {"model": ErrorResponse}, **ERRORS})
+    def get_report(job_id: str):
+        _need_succeeded(job_id)
+        try:
+            with open(sup.result_path(job_id, "report.json")) as f:
+                return JSONResponse(json.load(f))
+        except (OSError, ValueError):
+            raise _job_not_found(job_id)
+
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobModel, summary="Cancel a queued or running job (a finished job is returned unchanged)", responses=ERRORS)
+    def cancel_job(job_id: str):
+        job = sup.cancel(job_id)
+        if job is None:
+            raise _job_not_found(job_id)
+        return job
+
+    @app.delete("/v1/jobs/{job_id}", response_model=Deleted, summary="Remove a finished job and its files", responses={409: {"model": ErrorResponse}, **ERRORS})
+    def delete_job(job_id: str):
+        r = sup.delete(job_id)
+        if r is None:
+            raise _job_not_found(job_id)
+        if r != "deleted":
+            raise ApiError(409, "job_not_finished", f"job {job_id} is {r}", f"cancel it first (POST /v1/jobs/{job_id}/cancel), then delete it")
+        return {"id": job_id, "deleted": True}
+
+    @app.get("/v1/doctor", summary="Diagnose the engine's environment (runs `kiln doctor --json` in a subprocess)",
+             responses={501: {"model": ErrorResponse}, 502: {"model": ErrorResponse}, 504: {"model": ErrorResponse}, **ERRORS})
+    def doctor(refresh: bool = False):
+        with doctor_cache.lock:
+            if doctor_cache.value is not None and not refresh and time.time() - doctor_cache.at < 60:
+                return JSONResponse(doctor_cache.value)
+            try:
+                found = importlib.util.find_spec("engine.doctor") is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise ApiError(501, "doctor_unavailable", "`kiln doctor` is not part of this engine build", "update the engine on the server")
+            env = dict(os.environ)
+            root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "engine", "doctor", "--json"],
+                    capture_output=True, text=True, timeout=cfg.doctor_timeout, env=env, stdin=subprocess.DEVNULL,
+                )
+            except subprocess.TimeoutExpired:
+                raise ApiError(504, "doctor_timeout", f"`kiln doctor` did not finish within {cfg.doctor_timeout:g} s", "run `kiln doctor` on the server to see where it hangs")
+            try:
+                value = json.loads(proc.stdout)
+            except ValueError:
+                tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+                raise ApiError(502, "doctor_failed", f"`kiln doctor --json` exited {proc.returncode} without JSON: {' | '.join(tail)[:300]}",
+                               "run `kiln doctor` on the server")
+            doctor_cache.value, doctor_cache.at = value, time.time()
+            return JSONResponse(value)
+
+    return app

@@ -1,0 +1,235 @@
+"""`kiln serve`: the engine service (HTTP jobs API, supervised worker processes).
+
+The first line on stdout is one JSON object,
+    {"event": "ready", "url": "http://HOST:PORT", "pid": PID, ...}
+printed once the server accepts requests (with --port 0 the OS picks a free
+port, and this line says which). Logs go to stderr. SIGTERM or SIGINT stop the
+service gracefully (stop accepting, cancel jobs, end workers) with exit 0,
+after a last stdout line {"event": "stopped", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything but loopback needs a token)")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: a free port, announced in the ready line)")
+    tok = p.add_mutually_exclusive_group()
+    tok.add_argument("--token", help="require `Authorization: Bearer TOKEN` (visible in `ps`; prefer --token-file)")
+    tok.add_argument("--token-file", help="read the token from this file (or set KILN_TOKEN)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: one per GPU, else 1)")
+    p.add_argument("--data-dir", help="folder for job files and results (default: a temporary folder removed at exit)")
+    p.add_argument("--max-upload-mb", type=float, default=512.0, help="largest accepted upload in MB (default 512)")
+    p.add_argument("--job-timeout", type=float, default=3600.0, help="seconds a job may run before its worker is killed (default 3600; 0 = no limit)")
+    p.add_argument("--cancel-grace", type=float, default=3.0, help="seconds a cancelled job gets to stop before its worker is killed (default 3)")
+    p.add_argument("--retention-hours", type=float, default=24.0, help="finished jobs and their results are removed after this many hours (default 24)")
+    p.add_argument("--max-queue", type=int, default=1000, help="most jobs waiting at once (default 1000)")
+    p.add_argument("--allow-fault-injection", action="store_true", help="accept the job option `fault` (tests only: crash a worker on purpose)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level (logs go to stderr)")
+    p.add_argument("--access-log", action="store_true", help="log every request (to stderr)")
+
+
+def _fail(message: str, hint: str | None = None, code: int = 2) -> int:
+    print(f"kiln: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"kiln: hint: {hint}", file=sys.stderr)
+    return code
+
+
+def is_loopback(host: str) -> bool:
+    h = host.strip().strip("[]").lower()
+    if h in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_token(args) -> tuple[str | None, str | None]:
+    """(token, error)."""
+    if args.token is not None:
+        tok = args.token.strip()
+        return (tok, None) if tok else (None, "--token is empty")
+    if args.token_file:
+        try:
+            tok = Path(args.token_file).expanduser().read_text().strip()
+        except OSError as e:
+            return None, f"cannot read the token file {args.token_file}: {e.strerror or e}"
+        return (tok, None) if tok else (None, f"the token file {args.token_file} is empty")
+    env = os.environ.get("KILN_TOKEN", "").strip()
+    return (env or None), None
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    last = None
+    for family, stype, proto, _, addr in infos:
+        sock = socket.socket(family, stype, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(2048)
+            sock.set_inheritable(False)
+            return sock
+        except OSError as e:
+            last = e
+            sock.close()
+    raise last or OSError(f"no address for {host}")
+
+
+def _url_host(sock: socket.socket, host: str) -> str:
+    addr = sock.getsockname()[0]
+    if addr in ("0.0.0.0", ""):
+        addr = "127.0.0.1"
+    elif addr == "::":
+        addr = "::1"
+    return f"[{addr}]" if ":" in addr else addr
+
+
+def _log_config(level: str) -> dict:
+    import uvicorn.config
+
+    cfg = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    cfg["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout carries only the JSON events
+    cfg["handlers"]["default"]["stream"] = "ext://sys.stderr"
+    cfg["loggers"]["kiln"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    cfg["loggers"]["uvicorn"]["level"] = level.upper()
+    return cfg
+
+
+def _event(**fields) -> None:
+    sys.stdout.write(json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def run(args) -> int:
+    token, err = _read_token(args)
+    if err:
+        return _fail(err, "put the token (any long random string, e.g. from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) in the file")
+    if not is_loopback(args.host) and not token:
+        return _fail(
+            f"refusing to listen on {args.host} without a token: anyone who can reach this port could run jobs on this machine",
+            "start with --token-file FILE (clients send `Authorization: Bearer <token>`), or keep --host 127.0.0.1 and reach "
+            "the service through an SSH tunnel: ssh -L 8765:127.0.0.1:8765 gpu-host",
+        )
+    if not 0 <= args.port <= 65535:
+        return _fail(f"--port {args.port} is not a port number", "use 0..65535 (0 picks a free port)")
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        return _fail(f"--workers {args.workers} must be in 1..64")
+    if not args.max_upload_mb > 0:
+        return _fail("--max-upload-mb must be positive")
+    if args.job_timeout < 0 or args.cancel_grace < 0 or args.retention_hours < 0 or args.max_queue < 1:
+        return _fail("--job-timeout, --cancel-grace and --retention-hours must be >= 0, --max-queue >= 1")
+
+    try:
+        sock = _bind(args.host, args.port)
+    except OSError as e:
+        return _fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}", "choose another --port (0 picks a free one) or check --host")
+
+    temp_dir = None
+    if args.data_dir:
+        data_dir = Path(args.data_dir).expanduser().resolve()
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = data_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            sock.close()
+            return _fail(f"cannot use --data-dir {data_dir}: {e.strerror or e}", "pass a folder this user can write to")
+    else:
+        temp_dir = data_dir = Path(tempfile.mkdtemp(prefix="kiln-serve-"))
+
+    import uvicorn
+
+    from engine import API_VERSION, __version__
+    from engine.service.app import create_app
+    from engine.service.config import ServiceConfig
+    from engine.service.gpus import detect_gpus
+    from engine.service.supervisor import Supervisor
+
+    gpus = detect_gpus()
+    workers = args.workers or max(1, len(gpus))
+    config = ServiceConfig(
+        data_dir=data_dir,
+        workers=workers,
+        gpus=gpus,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        job_timeout=args.job_timeout or None,
+        cancel_grace=args.cancel_grace,
+        retention_s=args.retention_hours * 3600.0,
+        max_queue=args.max_queue,
+        allow_fault_injection=args.allow_fault_injection,
+        token=token,
+    )
+
+    stop = {"signal": None, "server": None}
+
+    def on_signal(signum, frame):  # uvicorn replaces this while it runs, and re-raises into it after
+        stop["signal"] = signum
+        if stop["server"] is not None:
+            stop["server"].should_exit = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    sup = Supervisor(config)
+    app = create_app(sup)
+    url = f"http://{_url_host(sock, args.host)}:{sock.getsockname()[1]}"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets=sockets)
+            if self.started and not self.should_exit:
+                _event(
+                    event="ready", url=url, pid=os.getpid(), version=__version__, api_version=API_VERSION,
+                    workers=workers, gpus=[g.name for g in gpus], data_dir=str(data_dir), auth=bool(token),
+                )
+
+    uconfig = uvicorn.Config(
+        app,
+        log_config=_log_config(args.log_level),
+        log_level=args.log_level,
+        access_log=args.access_log,
+        lifespan="off",
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = Server(uconfig)
+    stop["server"] = server
+    rc = 0
+    try:
+        sup.start()
+        if stop["signal"] is None:
+            server.run(sockets=[sock])
+            if not server.started:
+                rc = _fail(f"the HTTP server did not start on {url}", "see the log above")
+    except SystemExit as e:  # uvicorn exits on startup failures
+        rc = e.code if isinstance(e.code, int) else 1
+    finally:
+        try:
+            sock.close()
+        except OSError:
+            pass
+        sup.shutdown(timeout=config.cancel_grace + 20)
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        _event(event="stopped", pid=os.getpid(), signal=signal.Signals(stop["signal"]).name if stop["signal"] else None)
+    return rc

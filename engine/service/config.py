@@ -1,0 +1,43 @@
+"""Settings of one running service (filled from the `kiln serve` command line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from engine.service.gpus import GpuInfo
+
+
+@dataclass
+class ServiceConfig:
+    data_dir: Path
+    workers: int = 1
+    gpus: list[GpuInfo] = field(default_factory=list)
+    """GPUs the workers are spread over (round robin); empty = CPU workers."""
+    max_upload_bytes: int = 512 * 1024 * 1024
+    job_timeout: Optional[float] = 3600.0
+    """Seconds a job may run before its worker is killed; None = no limit."""
+    cancel_grace: float = 3.0
+    """Seconds a running job gets to stop cooperatively before its worker is killed."""
+    retention_s: float = 24 * 3600.0
+    """Finished jobs (their files and results) are removed this long after they finished."""
+    sweep_interval_s: Optional[float] = None
+    max_queue: int = 1000
+    allow_fault_injection: bool = False
+    token: Optional[str] = None
+    worker_start_timeout: float = 300.0
+    doctor_timeout: float = 120.0
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    def sweep_interval(self) -> float:
+        if self.sweep_interval_s is not None:
+            return max(0.2, self.sweep_interval_s)
+        return min(300.0, max(0.5, self.retention_s / 4.0))

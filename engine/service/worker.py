@@ -1,0 +1,251 @@
+"""The worker process: runs one job at a time, all of its GPU work on this process's main thread.
+
+Started by the supervisor with the multiprocessing *spawn* context; the target
+is ``worker_main``. Everything heavy (torch, nvdiffrast, the pipeline) is
+imported inside ``worker_main``, so importing this module costs nothing in the
+HTTP process.
+
+Protocol over the duplex pipe (picklable tuples / dicts):
+  supervisor -> worker: {"op": "job", "seq", "id", "kind", "input", "partial", "output", "report",
+                         "options", "recon_options", "fault", "source_name"} | {"op": "stop"}
+  worker -> supervisor: ("hello", info)
+                        ("progress", seq, stage, fraction, message)
+                        ("done", seq, {"timings": {...}})
+                        ("failed", seq, {"code", "message", "hint", ...}, stage)
+                        ("cancelled", seq, stage, message)
+Cancellation: the supervisor writes the job's ``seq`` into the shared
+``cancel_seq`` value; the pipeline's cancel callback compares it with the
+running job's seq at every progress check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+FAULT_KINDS = ("segfault", "abort", "hang", "raise")
+
+
+def _plain(obj):
+    """Only plain JSON types cross the pipe: unpickling e.g. torch's version string in the
+    service process would import torch there."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit if the service process goes away (no orphaned GPU workers)."""
+
+    def loop():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(3)
+
+    threading.Thread(target=loop, name="kiln-parent-watch", daemon=True).start()
+
+
+def _probe() -> dict:
+    info: dict = {"pid": os.getpid(), "python": sys.version.split()[0]}
+    try:
+        from engine import __version__
+
+        info["kiln_version"] = __version__
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        from engine import backend
+
+        ok, why = backend.cuda_status()
+        info["cuda"] = {"available": bool(ok), "reason": why}
+        info["backends"] = backend.available_backends()
+        info["gpu_names"] = backend.gpu_names()
+    except Exception as e:
+        info["cuda"] = {"available": False, "reason": f"probe failed: {e.__class__.__name__}: {e}"}
+        info["backends"] = ["cpu"]
+        info["gpu_names"] = []
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except Exception:
+        info["torch"] = None
+    kinds = []
+    try:
+        import engine.pipeline  # noqa: F401  (warm the imports so the first job starts fast)
+
+        kinds.append("bake")
+    except Exception as e:
+        info["pipeline_error"] = f"{e.__class__.__name__}: {e}"
+    try:
+        from engine.reconstruct.pipeline import reconstruct  # noqa: F401
+
+        kinds.append("reconstruct")
+    except Exception as e:
+        info["reconstruct_error"] = f"{e.__class__.__name__}: {e}"
+    info["kinds"] = kinds
+    return info
+
+
+def _fire_fault(kind: str, stage: str) -> None:
+    sys.stderr.write(f"kiln worker {os.getpid()}: injected fault {kind}@{stage}\n")
+    sys.stderr.flush()
+    if kind == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+        time.sleep(5)
+    elif kind == "abort":
+        os.abort()
+    elif kind == "hang":
+        while True:
+            time.sleep(3600)
+    elif kind == "raise":
+        raise RuntimeError(f"injected fault raise@{stage}")
+
+
+def _error(code: str, message: str, hint=None, **extra) -> dict:
+    d = {"code": code, "message": message, "hint": hint}
+    d.update(extra)
+    return d
+
+
+def _run_job(conn, cancel_seq, msg: dict) -> None:
+    seq = msg["seq"]
+    input_name = os.path.basename(msg["input"])
+    display = msg.get("source_name") or input_name
+    state = {"stage": "start", "last": 0.0, "fraction": -1.0}
+    fault = msg.get("fault")
+    fault_kind, fault_stage = (fault.split("@", 1) if fault else (None, None))
+    fired = []
+
+    def progress(stage: str, fraction: float, message: str = "") -> None:
+        now = time.monotonic()
+        changed = stage != state["stage"]
+        if changed or now - state["last"] >= 0.1 or fraction >= 1.0:
+            conn.send(("progress", seq, str(stage), float(fraction), str(message or "")[:500]))
+            state["last"] = now
+        state["stage"] = stage
+        if fault_kind and stage == fault_stage and not fired:
+            fired.append(True)
+            _fire_fault(fault_kind, stage)
+
+    def cancel() -> bool:
+        return cancel_seq.value == seq
+
+    def clean(text: str) -> str:
+        return str(text).replace(input_name, display)
+
+    from engine.errors import CancelledError, InputError, KilnError
+    from engine.options import BakeOptions
+
+    try:
+        options = BakeOptions.from_dict(msg.get("options") or {})
+        progress("start", 0.0, "worker picked up the job")
+        if msg["kind"] == "bake":
+            from engine.pipeline import bake
+
+            result = bake(msg["input"], msg["partial"], options, progress=progress, cancel=cancel)
+        elif msg["kind"] == "reconstruct":
+            try:
+                from engine.reconstruct.pipeline import reconstruct
+            except ImportError as e:
+                raise KilnError(
+                    f"reconstruction is not available in this engine ({e})",
+                    hint="install the reconstruction dependencies on the server, or bake a mesh instead",
+                    code="reconstruct_unavailable",
+                )
+            result = reconstruct(msg["input"], msg["partial"], options, dict(msg.get("recon_options") or {}), progress, cancel)
+        else:
+            raise KilnError(f"unknown job kind {msg['kind']!r}", code="unknown_kind")
+        report = getattr(result, "report", None)
+        if report is None and isinstance(result, dict):
+            report = result
+        report = dict(report or {})
+        report["source"] = display
+        if not os.path.exists(msg["partial"]):
+            raise KilnError("the pipeline finished but wrote no GLB", hint="this is a bug in Kiln; please report it", code="no_output")
+        os.replace(msg["partial"], msg["output"])
+        tmp = msg["report"] + ".part"
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        os.replace(tmp, msg["report"])
+        timings = report.get("timings") if isinstance(report.get("timings"), dict) else {}
+        conn.send(("done", seq, _plain({"timings": timings})))
+    except CancelledError as e:
+        conn.send(("cancelled", seq, str(state["stage"]), clean(e.message)))
+    except KilnError as e:
+        if isinstance(e, InputError):
+            err = _error("bad_input", clean(e.message), clean(e.hint) if e.hint else None, reason=e.code)
+        else:
+            err = _error(e.code, clean(e.message), clean(e.hint) if e.hint else None)
+        conn.send(("failed", seq, _plain(err), str(state["stage"])))
+    except MemoryError:
+        conn.send(
+            (
+                "failed",
+                seq,
+                _error("out_of_memory", f"ran out of memory in stage '{state['stage']}'", "lower faces, texture_size or view_resolution, or run fewer workers"),
+                state["stage"],
+            )
+        )
+    except Exception as e:
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        if e.__class__.__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
+            err = _error(
+                "gpu_out_of_memory",
+                f"the GPU ran out of memory in stage '{state['stage']}'",
+                "lower texture_size, view_resolution or views, or use device cpu",
+            )
+        else:
+            err = _error(
+                "internal_error",
+                f"{e.__class__.__name__} in stage '{state['stage']}': {clean(str(e))[:500]}",
+                "this is probably a bug in Kiln; the traceback is in the service log",
+                traceback=tb[-4000:],
+            )
+        conn.send(("failed", seq, _plain(err), str(state["stage"])))
+    finally:
+        try:
+            if os.path.exists(msg["partial"]):
+                os.remove(msg["partial"])
+        except OSError:
+            pass
+
+
+def worker_main(conn, cancel_seq, slot: int, gpu_id, parent_pid: int) -> None:
+    # The service owns shutdown: a Ctrl+C in the terminal reaches the whole process
+    # group, but workers must stop through the supervisor, not mid-job on their own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # stdout belongs to the service (its first line is the ready event): send any
+    # output of the pipeline or of native code to stderr instead.
+    try:
+        sys.stdout.flush()
+        os.dup2(2, 1)
+    except OSError:
+        pass
+    if gpu_id is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_id)
+    import faulthandler
+
+    faulthandler.enable()  # a crash dumps the Python stack to the service log, then dies with the signal
+    _watch_parent(parent_pid)
+    try:
+        info = _probe()
+        info["slot"] = slot
+        info["gpu"] = gpu_id
+        conn.send(("hello", _plain(info)))
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if not isinstance(msg, dict) or msg.get("op") == "stop":
+                break
+            if msg.get("op") == "job":
+                _run_job(conn, cancel_seq, msg)
+    except (BrokenPipeError, EOFError):
+        pass  # the supervisor went away
