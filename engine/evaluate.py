@@ -41,10 +41,12 @@ def heldout_cameras(src_vertices, n: int, resolution: int):
     return sphere_cameras(c, r, n, resolution, offset=HELDOUT_OFFSET)
 
 
-def heldout_psnr(src, vertices, faces, uv, texture_u8, options, backend, progress=None, return_images: bool = False) -> dict:
+def heldout_psnr(src, vertices, faces, uv, texture_u8, options, backend, progress=None, return_images: bool = False, splats=None) -> dict:
     res = result_mesh(vertices, faces, uv, texture_u8)
     cams = heldout_cameras(src.vertices, options.eval_views, options.eval_resolution)
-    if backend.name == "cuda":
+    if splats is not None:
+        pairs = _splat_pairs(splats, res, cams)
+    elif backend.name == "cuda":
         from engine.render.nvdr import render_pair
 
         pairs = render_pair(src, res, cams)
@@ -79,4 +81,25 @@ def heldout_psnr(src, vertices, faces, uv, texture_u8, options, backend, progres
     }
     if return_images:
         out["images"] = pairs
+    return out
+
+
+def _splat_pairs(splats, res, cams):
+    """Source = gsplat renders of the splats, result = nvdiffrast renders of the baked mesh."""
+    import torch
+
+    from engine.render.nvdr import GpuMesh, cams_to_tensors
+    from engine.splat.render import splat_view_renderer
+
+    rend = splat_view_renderer(splats, cams[0].K(), "cuda")
+    gm = GpuMesh(res, "cuda")
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(cams), 4):
+            cc = cams[s : s + 4]
+            mvp, R, t = cams_to_tensors(cc, "cuda")
+            ca, ma, _ = rend(mvp, R, t, cc[0].width)
+            cb, mb, _ = gm.render(mvp, cc[0].width)
+            for i in range(len(cc)):
+                out.append((ca[i].cpu().numpy(), ma[i].cpu().numpy(), cb[i].cpu().numpy(), mb[i].cpu().numpy()))
     return out

@@ -49,17 +49,20 @@ def bake(
         stages.pop("evaluate")
     prog = Progress(stages, progress, cancel)
     prog.begin("load")
+    splats = None
     if isinstance(source, SourceMesh):
         src = source
         source_name = src.name
+    elif type(source).__name__ == "SplatBakeSource":
+        splats, src, source_name = source.splats, source.mesh, source.name
     else:
         src = load_source(source, options=options)
         source_name = Path(source).name
     prog.end()
-    return bake_mesh(src, output, options, prog, source_name=source_name)
+    return bake_mesh(src, output, options, prog, source_name=source_name, splats=splats)
 
 
-def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: str = "source") -> BakeResult:
+def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: str = "source", splats=None) -> BakeResult:
     from engine import backend as backend_mod
     from engine.bake import bake_texture
     from engine.bake.dilate import fill_and_dilate
@@ -72,6 +75,14 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     prog.begin("validate")
     src, vreport = validate_source(src, max_faces=options.max_faces)
     be = backend_mod.resolve(options.device)
+    if splats is not None and be.name != "cuda":
+        from engine.errors import BackendError
+
+        raise BackendError(
+            "splat sources are rendered with gsplat and need the CUDA backend",
+            hint="run on a machine with an NVIDIA GPU, torch with CUDA, nvdiffrast and gsplat (see `kiln doctor`)",
+            code="cuda_unavailable",
+        )
     prog.end()
 
     prog.begin("simplify", f"{src.n_faces} -> {options.faces} faces")
@@ -84,7 +95,14 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     prog.end()
 
     prog.begin("bake", f"{be.name} backend")
-    texture, coverage, bake_info = bake_texture(src, uv_v, uv_f, uv, options, be, prog)
+    if splats is not None:
+        from engine.bake.cuda import bake_cuda
+        from engine.pipeline.splat import splat_renderer_for
+
+        texture, coverage, bake_info = bake_cuda(src, uv_v, uv_f, uv, options, prog, view_renderer=splat_renderer_for(splats, options))
+        bake_info["source"] = f"gaussian splats ({splats.n:,})"
+    else:
+        texture, coverage, bake_info = bake_texture(src, uv_v, uv_f, uv, options, be, prog)
     prog.end()
 
     prog.begin("dilate")
@@ -119,7 +137,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
         from engine.evaluate import heldout_psnr
 
         prog.begin("evaluate")
-        report["evaluate"] = heldout_psnr(src, uv_v, uv_f, uv, texture_u8, options, be, prog)
+        report["evaluate"] = heldout_psnr(src, uv_v, uv_f, uv, texture_u8, options, be, prog, splats=splats)
         report["psnr"] = report["evaluate"]["psnr"]
         prog.end()
     report["timings"] = {k: round(v, 4) for k, v in prog.finish().items()}
