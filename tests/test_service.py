@@ -233,6 +233,14 @@ def test_ready_line_health_and_openapi(server, http):
         assert path in spec["paths"], path
     assert "multipart/form-data" in spec["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]
     assert set(spec["paths"]["/v1/jobs/{job_id}"]) == {"get", "delete"}
+    # the doctor runs in a subprocess (`kiln doctor --json`); its JSON comes back as is
+    d = http.get(server.url + "/v1/doctor", timeout=300)
+    if d.status_code == 501:
+        assert_error_5xx = d.json()["error"]
+        assert assert_error_5xx["code"] == "doctor_unavailable"
+    else:
+        assert d.status_code == 200, d.text
+        assert isinstance(d.json().get("checks"), list)
 
 
 def _mapped_libs(pid: int) -> str:
@@ -552,6 +560,52 @@ def test_bad_requests_get_4xx_json_and_the_server_stays_up(server, http):
     mtl = b"newmtl red\nKd 0.8 0.1 0.1\n"
     jid = submit_ok(http, url, _zip({"model/tet.obj": obj, "model/m.mtl": mtl}), {**FAST, "faces": 4}, filename="tet.zip")
     assert wait_job(http, url, jid)["state"] == "succeeded"
+
+
+def _png(rgba: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_reconstruct_jobs(server, http):
+    url = server.url
+    h = http.get(url + "/v1/health", timeout=30).json()
+    if "reconstruct" not in h["kinds"]:
+        pytest.skip("engine.reconstruct is not part of this build")
+    wait_workers_idle(http, url)
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 34**2
+    rgba = np.zeros((96, 96, 4), np.uint8)
+    rgba[..., :3] = (220, 120, 30)
+    rgba[..., 3] = disc * 255
+    photo = _png(rgba)
+    opts = {"kind": "reconstruct", "faces": 200, "texture_size": 64, "device": "cpu"}
+    jid = submit_ok(http, url, photo, opts, filename="disc.png")
+    # the same photo without alpha, with the mask uploaded as its own part
+    mask = np.repeat((disc * 255).astype(np.uint8)[..., None], 4, axis=2)
+    mask[..., 3] = 255
+    files = {"file": ("disc_rgb.png", _png(np.concatenate([rgba[..., :3], np.full((96, 96, 1), 255, np.uint8)], axis=2)), "image/png"),
+             "mask": ("m.png", _png(mask), "image/png"),
+             "options": (None, json.dumps(opts))}
+    r = http.post(url + "/v1/jobs", files=files, timeout=60)
+    assert r.status_code == 202, r.text
+    jid2 = r.json()["id"]
+    for j_id in (jid, jid2):
+        j = wait_job(http, url, j_id, timeout=120)
+        assert j["state"] == "succeeded", j
+        rep = http.get(f"{url}/v1/jobs/{j_id}/report", timeout=30).json()
+        assert rep["reconstruct"]["backend"] == "inflate"
+        assert http.get(f"{url}/v1/jobs/{j_id}/result", timeout=30).content[:4] == b"glTF"
+    assert sorted(p.name for p in (server.data_dir / "jobs" / jid2).iterdir()) == ["input.png", "job.json", "mask.png", "report.json", "result.glb"]
+    # server-side paths and unknown keys are refused; a model is not a photo; a mask is not for bakes
+    for recon, code in (({"mask": "/etc/passwd"}, "bad_option"), ({"repo": "/tmp"}, "bad_option"), ({"colour": 1}, "bad_option")):
+        assert_error(submit(http, url, photo, {**opts, "reconstruct": recon}), 422, code)
+    assert_error(submit(http, url, icosphere_glb(), opts), 415, "unsupported_format")
+    files = {"file": ("a.glb", icosphere_glb(), "model/gltf-binary"), "mask": ("m.png", _png(mask), "image/png")}
+    assert_error(http.post(url + "/v1/jobs", files=files, timeout=60), 422, "unknown_field")
 
 
 def test_token_auth(token_server, http):

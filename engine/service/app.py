@@ -33,7 +33,7 @@ from engine.errors import InputError
 from engine.options import BakeOptions
 from engine.service.errors import ApiError, code_for_status, error_body
 from engine.service.sniff import sniff_upload
-from engine.service.supervisor import STATES, Job, Supervisor
+from engine.service.supervisor import Job, Supervisor
 from engine.service.upload import download_stem, display_name, receive_job_upload
 
 log = logging.getLogger("kiln.service")
@@ -41,6 +41,12 @@ log = logging.getLogger("kiln.service")
 KINDS = ("bake", "reconstruct")
 FAULT_RE = re.compile(r"^(segfault|abort|hang|raise)@([a-z_]{1,40})$")
 INPUT_EXT = {"glb": "glb", "gltf": "gltf", "obj": "obj", "ply": "ply", "zip": "zip", "png": "png", "jpeg": "jpg"}
+# reconstruction options that name files on the server: never taken from a client
+SERVER_ONLY_RECON_KEYS = {
+    "mask": "it is a file path on the server",
+    "config": "the server's SAM 3D checkpoint is set by its administrator (KILN_SAM3D_CONFIG)",
+    "repo": "the server's SAM 3D checkout is set by its administrator (KILN_SAM3D_REPO)",
+}
 OPTIONS_HINT = 'send a JSON object, e.g. {"faces": 5000, "texture_size": 1024}; allowed fields: kind, ' + ", ".join(BakeOptions.field_names())
 
 
@@ -117,8 +123,12 @@ def reconstruct_available() -> bool:
     return any((Path(loc) / "pipeline.py").is_file() or (Path(loc) / "pipeline" / "__init__.py").is_file() for loc in spec.submodule_search_locations)
 
 
-def parse_job_options(text: Optional[str], allow_fault: bool) -> dict:
-    """Validate the `options` JSON of a job: {kind, fault, reconstruct, options(BakeOptions dict)}."""
+def parse_job_options(text: Optional[str], allow_fault: bool, recon_keys: Optional[list] = None) -> dict:
+    """Validate the `options` JSON of a job -> {kind, fault, reconstruct, options (BakeOptions dict)}.
+
+    ``recon_keys``: the reconstruction option names a worker reported (None: not known yet; the
+    worker then checks them and fails the job with bad_input).
+    """
     if text is None or not text.strip():
         data: Any = {}
     else:
@@ -146,8 +156,18 @@ def parse_job_options(text: Optional[str], allow_fault: bool) -> dict:
         if not isinstance(fault, str) or not FAULT_RE.match(fault):
             raise ApiError(422, "bad_option", f"invalid option: fault={str(fault)[:60]!r}", 'use "segfault@STAGE", "abort@STAGE", "hang@STAGE" or "raise@STAGE"')
     recon = data.pop("reconstruct", None) if kind == "reconstruct" else None
-    if recon is not None and not isinstance(recon, dict):
-        raise ApiError(422, "bad_option", "invalid option: reconstruct must be a JSON object", OPTIONS_HINT)
+    if recon is not None:
+        if not isinstance(recon, dict):
+            raise ApiError(422, "bad_option", "invalid option: reconstruct must be a JSON object", OPTIONS_HINT)
+        for key in SERVER_ONLY_RECON_KEYS:
+            if recon.get(key) is not None:
+                raise ApiError(422, "bad_option", f"reconstruct.{key} cannot be set over HTTP ({SERVER_ONLY_RECON_KEYS[key]})",
+                               "leave it out" + (": give the photo a transparent background, or let automatic segmentation find the object" if key == "mask" else ""))
+        if recon_keys is not None:
+            unknown = sorted(str(k) for k in recon if k not in recon_keys)
+            if unknown:
+                raise ApiError(422, "bad_option", f"unknown reconstruction option(s): {', '.join(unknown)[:200]}",
+                               f"allowed: {', '.join(k for k in recon_keys if k not in SERVER_ONLY_RECON_KEYS)}")
     try:
         opts = BakeOptions.from_dict(data)
     except InputError as e:
@@ -300,6 +320,7 @@ def create_app(sup: Supervisor) -> FastAPI:
                             "required": ["file"],
                             "properties": {
                                 "file": {"type": "string", "format": "binary", "description": "GLB, glTF (embedded), OBJ or a zip of OBJ+MTL+textures, PLY; PNG/JPEG for kind=reconstruct"},
+                                "mask": {"type": "string", "format": "binary", "description": "optional mask image (PNG/JPEG, nonzero = object) for kind=reconstruct"},
                                 "options": {
                                     "type": "string",
                                     "description": "JSON object: the `kiln bake` options (" + ", ".join(BakeOptions.field_names()) + ") plus kind (bake|reconstruct)",
@@ -318,14 +339,28 @@ def create_app(sup: Supervisor) -> FastAPI:
             raise ApiError(429, "queue_full", f"the job queue is full ({cfg.max_queue} jobs waiting)", "wait for jobs to finish, then retry")
         up = await receive_job_upload(request, cfg.uploads_dir, cfg.max_upload_bytes)
         try:
-            spec = parse_job_options(up.options_text, cfg.allow_fault_injection)
+            spec = parse_job_options(up.options_text, cfg.allow_fault_injection, sup.recon_option_keys())
             fmt = await anyio.to_thread.run_sync(sniff_upload, up.path, spec["kind"], max(cfg.max_upload_bytes * 10, 4 * 1024**3))
+            mask = up.files.get("mask")
+            mask_fmt = None
+            if mask is not None:
+                if spec["kind"] != "reconstruct":
+                    raise ApiError(422, "unknown_field", "the `mask` field belongs to kind=reconstruct jobs", "leave it out of a bake")
+                try:
+                    mask_fmt = await anyio.to_thread.run_sync(sniff_upload, mask.path, "reconstruct")
+                except ApiError as e:
+                    raise ApiError(e.status, e.code, "mask: " + e.message, "send the mask as a PNG or JPEG image (nonzero = object)")
             job_id = uuid.uuid4().hex
             jdir = sup.job_dir(job_id)
             jdir.mkdir(parents=True)
             input_file = "input." + INPUT_EXT[fmt]
             os.replace(up.path, jdir / input_file)
-            up.path = None
+            up.files["file"].path = None
+            mask_file = None
+            if mask is not None:
+                mask_file = "mask." + INPUT_EXT[mask_fmt]
+                os.replace(mask.path, jdir / mask_file)
+                mask.path = None
             job = Job(
                 id=job_id,
                 kind=spec["kind"],
@@ -336,14 +371,11 @@ def create_app(sup: Supervisor) -> FastAPI:
                 input_bytes=up.size,
                 recon_options=spec["reconstruct"],
                 fault=spec["fault"],
+                mask_file=mask_file,
             )
             sup.submit(job)
         finally:
-            if up.path is not None:
-                try:
-                    up.path.unlink()
-                except OSError:
-                    pass
+            up.discard()
         return JSONResponse(sup.get(job_id), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
     @app.get("/v1/jobs", response_model=JobList, summary="All jobs, oldest first", responses=ERRORS)

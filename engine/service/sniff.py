@@ -97,21 +97,23 @@ def _looks_like_obj(text: str) -> bool:
     lines = text.splitlines()
     if len(lines) > 1 and not text.endswith(("\n", "\r")):
         lines = lines[:-1]  # last line may be cut by the head limit
-    statements = 0
+    statements = unknown = 0
     has_vertex = False
     for line in lines:
         t = line.strip()
         if not t or t.startswith("#"):
             continue
         word = t.split(None, 1)[0]
-        if word not in OBJ_KEYWORDS:
-            return False
         statements += 1
-        if word == "v":
+        if word not in OBJ_KEYWORDS:
+            if statements == 1:
+                return False  # an OBJ starts with an OBJ statement
+            unknown += 1  # tolerate a few exporter-specific lines
+        elif word == "v":
             has_vertex = True
         if statements >= 200:
             break
-    return has_vertex
+    return has_vertex and unknown <= max(2, statements // 10)
 
 
 def _check_glb(path: Path, head: bytes, size: int) -> None:

@@ -89,6 +89,7 @@ class Job:
     input_bytes: int
     recon_options: Optional[dict] = None
     fault: Optional[str] = None
+    mask_file: Optional[str] = None
     state: str = "queued"
     stage: Optional[str] = None
     progress: float = 0.0
@@ -105,7 +106,7 @@ class Job:
     stage_t0: Optional[float] = None
 
     PERSISTED = (
-        "id", "kind", "options", "source_name", "input_file", "input_format", "input_bytes", "recon_options", "fault",
+        "id", "kind", "options", "source_name", "input_file", "input_format", "input_bytes", "recon_options", "fault", "mask_file",
         "state", "stage", "progress", "message", "error", "created_at", "started_at", "finished_at", "stage_seconds",
         "worker", "cancel_requested",
     )
@@ -328,6 +329,7 @@ class WorkerSlot:
             "options": job.options,
             "recon_options": job.recon_options,
             "fault": job.fault,
+            "mask": str(jdir / job.mask_file) if job.mask_file else None,
             "source_name": job.source_name,
         }
         try:
@@ -741,6 +743,13 @@ class Supervisor:
                 self.sweep()
             except Exception:  # pragma: no cover
                 log.exception("retention sweep failed")
+
+    def recon_option_keys(self) -> Optional[list]:
+        for s in self.slots:
+            keys = (s.info or {}).get("recon_option_keys")
+            if keys:
+                return list(keys)
+        return None
 
     # -- health ---------------------------------------------------------------------------------
     def health(self) -> dict:

@@ -31,12 +31,41 @@ FLUSH_BYTES = 1024 * 1024
 CURL_HINT = "e.g. curl -F file=@model.glb -F 'options={\"faces\": 5000}' http://127.0.0.1:8765/v1/jobs"
 
 
+FILE_FIELDS = ("file", "mask")  # mask: an optional mask image for kind=reconstruct
+
+
 @dataclass
-class Upload:
+class UploadedFile:
     path: Optional[Path]
     size: int
     filename: Optional[str]
+
+
+@dataclass
+class Upload:
+    files: dict  # field name -> UploadedFile ("file" always, "mask" optionally)
     options_text: Optional[str]
+
+    @property
+    def path(self) -> Optional[Path]:
+        return self.files["file"].path
+
+    @property
+    def size(self) -> int:
+        return self.files["file"].size
+
+    @property
+    def filename(self) -> Optional[str]:
+        return self.files["file"].filename
+
+    def discard(self) -> None:
+        for f in self.files.values():
+            if f.path is not None:
+                try:
+                    f.path.unlink()
+                except OSError:
+                    pass
+                f.path = None
 
 
 def display_name(raw: Optional[str]) -> str:
@@ -116,13 +145,12 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
     except (FormParserError, ValueError) as e:
         raise ApiError(422, "bad_multipart", f"cannot parse the multipart body: {e}", CURL_HINT)
 
-    file_path: Optional[Path] = None
+    files: dict = {}  # field -> UploadedFile
+    current: Optional[UploadedFile] = None
     fh = None
     pending = bytearray()
-    size = 0
-    filename: Optional[str] = None
+    size = 0  # all file bytes so far
     options_buf: Optional[bytearray] = None
-    seen_file = False
     parts = 0
     part_headers: dict = {}
     mode = None  # "file" | "options"
@@ -135,20 +163,15 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
             pending.clear()
             await anyio.to_thread.run_sync(fh.write, data)
 
-    def discard_file() -> None:
-        nonlocal fh, file_path
+    def discard_files() -> None:
+        nonlocal fh
         if fh is not None:
             try:
                 fh.close()
             except OSError:
                 pass
             fh = None
-        if file_path is not None:
-            try:
-                file_path.unlink()
-            except OSError:
-                pass
-            file_path = None
+        Upload(files, None).discard()
 
     try:
         drained = 0
@@ -178,14 +201,13 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
                     if disp != b"form-data" or b"name" not in opts:
                         raise ApiError(422, "bad_multipart", "a multipart part has no Content-Disposition: form-data; name=...", CURL_HINT)
                     name = opts[b"name"].decode("utf-8", "replace")
-                    if name == "file":
-                        if seen_file:
-                            raise ApiError(422, "bad_multipart", "more than one `file` field: a job takes exactly one file", "zip an OBJ together with its .mtl and textures")
-                        seen_file = True
+                    if name in FILE_FIELDS:
+                        if name in files:
+                            raise ApiError(422, "bad_multipart", f"more than one `{name}` field: a job takes exactly one", "zip an OBJ together with its .mtl and textures")
                         raw_name = opts.get(b"filename")
-                        filename = raw_name.decode("utf-8", "replace") if raw_name is not None else None
-                        file_path = uploads_dir / (uuid.uuid4().hex + ".part")
-                        fh = open(file_path, "wb")
+                        current = files[name] = UploadedFile(uploads_dir / (uuid.uuid4().hex + ".part"), 0,
+                                                             raw_name.decode("utf-8", "replace") if raw_name is not None else None)
+                        fh = open(current.path, "wb")
                         mode = "file"
                     elif name == "options":
                         if options_buf is not None:
@@ -196,16 +218,17 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
                         raise ApiError(
                             422,
                             "unknown_field",
-                            f"unknown form field {name[:60]!r}: POST /v1/jobs takes `file` and `options`",
+                            f"unknown form field {name[:60]!r}: POST /v1/jobs takes `file`, `options` (and `mask` for kind reconstruct)",
                             "put job settings inside the `options` JSON object",
                         )
                 elif kind == "data":
                     if mode == "file":
                         size += len(value)
+                        current.size += len(value)
                         if size > max_bytes:
                             too_large = True
                             pending.clear()
-                            discard_file()
+                            discard_files()
                             break
                         pending += value
                         if len(pending) >= FLUSH_BYTES:
@@ -231,7 +254,7 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
             except FormParserError:
                 pass
             raise ApiError(422, "bad_multipart", "the multipart body ended early (truncated upload?)", CURL_HINT)
-        if not seen_file:
+        if "file" not in files:
             raise ApiError(422, "missing_file", "the request has no `file` field", CURL_HINT)
         options_text = None
         if options_buf is not None:
@@ -239,8 +262,8 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
                 options_text = bytes(options_buf).decode("utf-8")
             except UnicodeDecodeError:
                 raise ApiError(422, "bad_json", "the `options` field is not UTF-8 text", 'send a JSON object, e.g. {"faces": 5000}')
-        result = Upload(file_path, size, filename, options_text)
-        file_path = None  # ownership passes to the caller
+        result = Upload(files, options_text)
+        files = {}  # ownership passes to the caller
         return result
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client closed the connection during the upload")
@@ -250,8 +273,4 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
                 fh.close()
             except OSError:
                 pass
-        if file_path is not None:
-            try:
-                file_path.unlink()
-            except OSError:
-                pass
+        Upload(files, None).discard()

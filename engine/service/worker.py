@@ -7,7 +7,7 @@ HTTP process.
 
 Protocol over the duplex pipe (picklable tuples / dicts):
   supervisor -> worker: {"op": "job", "seq", "id", "kind", "input", "partial", "output", "report",
-                         "options", "recon_options", "fault", "source_name"} | {"op": "stop"}
+                         "options", "recon_options", "fault", "mask", "source_name"} | {"op": "stop"}
   worker -> supervisor: ("hello", info)
                         ("progress", seq, stage, fraction, message)
                         ("done", seq, {"timings": {...}})
@@ -82,9 +82,10 @@ def _probe() -> dict:
     except Exception as e:
         info["pipeline_error"] = f"{e.__class__.__name__}: {e}"
     try:
-        from engine.reconstruct.pipeline import reconstruct  # noqa: F401
+        from engine.reconstruct.pipeline import recon_option_defaults, reconstruct  # noqa: F401
 
         kinds.append("reconstruct")
+        info["recon_option_keys"] = sorted(recon_option_defaults())
     except Exception as e:
         info["reconstruct_error"] = f"{e.__class__.__name__}: {e}"
     info["kinds"] = kinds
@@ -157,7 +158,12 @@ def _run_job(conn, cancel_seq, msg: dict) -> None:
                     hint="install the reconstruction dependencies on the server, or bake a mesh instead",
                     code="reconstruct_unavailable",
                 )
-            result = reconstruct(msg["input"], msg["partial"], options, dict(msg.get("recon_options") or {}), progress, cancel)
+            recon = dict(msg.get("recon_options") or {})
+            for key in ("mask", "config", "repo"):  # never paths from a client (the server refuses them too)
+                recon.pop(key, None)
+            if msg.get("mask"):
+                recon["mask"] = msg["mask"]
+            result = reconstruct(msg["input"], msg["partial"], options, recon, progress, cancel)
         else:
             raise KilnError(f"unknown job kind {msg['kind']!r}", code="unknown_kind")
         report = getattr(result, "report", None)
