@@ -41,6 +41,7 @@ FAKE_INFERENCE = textwrap.dedent(
     {extra_import}
 
     QUAT = {quat!r}  # layout rotation, wxyz (PyTorch3D convention)
+    DENSE = {dense!r}
 
 
     class MeshExtractResult:
@@ -97,10 +98,29 @@ FAKE_INFERENCE = textwrap.dedent(
             col = torch.stack([0.2 + 0.6 * (v[:, 2] + 0.4) / 0.8, 0.3 + 0 * v[:, 0], 0.9 - 0.5 * (v[:, 2] + 0.4) / 0.8], 1)
             attrs = torch.cat([col, torch.zeros_like(col)], 1)  # colour + normal channels
             mesh = MeshExtractResult(v, f, attrs)
-            n = len(v)
-            rots = torch.tensor([[0.9238795, 0.0, 0.3826834, 0.0]] * n)  # 45 deg about local y
-            scales = torch.tensor([[0.05, 0.02, 0.01]] * n)
-            gs = Gaussian(v.clone(), scales, rots, torch.full((n,), 0.9), (col - 0.5) / {c0!r})
+            if DENSE:  # a Gaussian surface: small opaque Gaussians on a grid over every box face
+                g = (torch.arange(40, dtype=torch.float32) + 0.5) / 40 - 0.5
+                a, b = torch.meshgrid(g, g, indexing="ij")
+                a, b = a.reshape(-1), b.reshape(-1)
+                ext = torch.tensor([0.4, 0.2, 0.8])
+                pts = []
+                for axis in range(3):
+                    o = [i for i in range(3) if i != axis]
+                    for sign in (-0.5, 0.5):
+                        q = torch.zeros(len(a), 3)
+                        q[:, axis] = sign * ext[axis]
+                        q[:, o[0]] = a * ext[o[0]]
+                        q[:, o[1]] = b * ext[o[1]]
+                        pts.append(q)
+                gp = torch.cat(pts)
+                gcol = torch.stack([0.2 + 0.6 * (gp[:, 2] + 0.4) / 0.8, 0.3 + 0 * gp[:, 0], 0.9 - 0.5 * (gp[:, 2] + 0.4) / 0.8], 1)
+                n = len(gp)
+                gs = Gaussian(gp, torch.full((n, 3), 0.012), torch.tensor([[1.0, 0, 0, 0]] * n), torch.full((n,), 0.99), (gcol - 0.5) / {c0!r})
+            else:  # one Gaussian per mesh vertex, turned and stretched, to check the conversion
+                n = len(v)
+                rots = torch.tensor([[0.9238795, 0.0, 0.3826834, 0.0]] * n)  # 45 deg about local y
+                scales = torch.tensor([[0.05, 0.02, 0.01]] * n)
+                gs = Gaussian(v.clone(), scales, rots, torch.full((n,), 0.9), (col - 0.5) / {c0!r})
             glb = trimesh.Trimesh(v.numpy() @ np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]]), f.numpy(), process=False)
             glb.visual.vertex_colors = (col.numpy() * 255).astype(np.uint8)
             return dict(
@@ -121,10 +141,10 @@ FAKE_INFERENCE = textwrap.dedent(
 QUAT = [float(np.cos(np.pi / 4)), float(np.sin(np.pi / 4)), 0.0, 0.0]
 
 
-def make_fake_repo(root, extra_import: str = "", quat=QUAT):
+def make_fake_repo(root, extra_import: str = "", quat=QUAT, dense: bool = False):
     (root / "notebook").mkdir(parents=True)
     (root / "checkpoints" / "hf").mkdir(parents=True)
-    (root / "notebook" / "inference.py").write_text(FAKE_INFERENCE.format(extra_import=extra_import, quat=list(quat), c0=SH_C0))
+    (root / "notebook" / "inference.py").write_text(FAKE_INFERENCE.format(extra_import=extra_import, quat=list(quat), c0=SH_C0, dense=dense))
     cfg = root / "checkpoints" / "hf" / "pipeline.yaml"
     cfg.write_text("# fake\n")
     return cfg
@@ -291,3 +311,36 @@ def test_pipeline_with_fake_sam3d_on_cpu(tmp_path):
     assert rec["ignored_options"] == ["back"]
     assert rec["appearance_source"].startswith("vertex_color") and "gaussians not used" in rec["appearance_source"]
     assert rec["backend_info"]["gaussians"] == 8
+
+
+@pytest.mark.cuda
+def test_pipeline_with_fake_sam3d_gaussians_cuda(tmp_path):
+    """On the GPU: the fake's Gaussians (a coloured Gaussian surface on the box) are rendered by gsplat from
+    Kiln's bake views and baked onto the converted mesh; the texture must carry the Gaussians' colours."""
+    pytest.importorskip("gsplat")
+    import trimesh
+    from PIL import Image
+
+    from engine.io.load import load_source
+    from engine.mesh.source import shade
+    from engine.options import BakeOptions
+    from engine.reconstruct.pipeline import reconstruct
+
+    cfg = make_fake_repo(tmp_path / "repo", dense=True)
+    rgb, mask = _inputs()
+    Image.fromarray(rgb).save(tmp_path / "p.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "m.png")
+    out = tmp_path / "o.glb"
+    opts = BakeOptions(faces=500, texture_size=256, device="cuda", views=60, view_resolution=512)
+    res = reconstruct(tmp_path / "p.png", out, opts, {"backend": "sam3d", "config": str(cfg), "mask": str(tmp_path / "m.png"), "frame": "canonical"})
+    rec = res.report["reconstruct"]
+    assert rec["appearance_source"].startswith("gaussians"), rec["appearance_source"]
+    assert res.report["backend"] == "cuda"
+    baked = load_source(out)
+    tm = trimesh.Trimesh(baked.vertices, baked.faces, process=False)
+    bary = np.full((len(tm.faces), 3), 1.0 / 3.0)
+    col = shade(baked, np.arange(len(tm.faces)), bary)
+    y = tm.triangles_center[:, 1]  # canonical frame: height 0..1 is the fake's local z
+    want = np.stack([0.2 + 0.6 * y, np.full_like(y, 0.3), 0.9 - 0.5 * y], 1)
+    err = np.abs(col - want).mean()
+    assert err < 0.08, err

@@ -59,6 +59,9 @@ def split_options(recon_options: Optional[dict]) -> tuple[dict, dict, list]:
             code="bad_option",
         )
     common = {k: ro.get(k, allowed[k]) for k in COMMON_KEYS}
+    for k in ("auto_mask", "checks"):
+        if not isinstance(common[k], bool):
+            raise InputError(f"invalid reconstruction option: {k}={common[k]!r} must be true or false", code="bad_option")
     common["backend"] = backend.name
     mine = {k: v for k, v in ro.items() if k in backend.option_defaults}
     ignored = sorted(k for k in ro if k not in COMMON_KEYS and k not in backend.option_defaults)
@@ -134,11 +137,9 @@ def _bake_source(res, options: BakeOptions) -> tuple[object, str]:
     ok, why = splat_backend_status()
     be = backend_mod.resolve(options.device)
     if be.name == "cuda" and ok:
-        try:
-            from engine.pipeline.splat import SplatSource  # the lead's splat bake source
-        except ImportError as e:
-            return res.mesh, f"{res.mesh.appearance_kind()} (splat bake unavailable: {e})"
-        return SplatSource(splats=res.splats, mesh=res.mesh), "gaussians"
+        from engine.pipeline.splat import SplatBakeSource
+
+        return SplatBakeSource(splats=res.splats, mesh=res.mesh, name=res.mesh.name), f"gaussians ({res.splats.n})"
     return res.mesh, f"{res.mesh.appearance_kind()} (gaussians not used: {why or 'device is cpu'})"
 
 
@@ -188,8 +189,8 @@ def reconstruct(
         checks["source"] = front_view_checks(res.mesh, res.front_view)
         st.end()
 
-    source, appearance = _bake_source(res, options)
     res.mesh.name = Path(name).stem or "reconstruction"
+    source, appearance = _bake_source(res, options)
     st.begin("bake")
     result = bake(source, output, options, progress=st.inner, cancel=cancel)
     st.end()
