@@ -25,7 +25,10 @@ from engine.bake.texel import vertex_normals
 from engine.render.cameras import BAKE_OFFSET, bounding_sphere, sphere_cameras
 from engine.render.nvdr import GpuMesh, _f32, _i32, cams_to_tensors, context
 
-COS_POWER = 4.0
+import os
+
+COS_POWER = float(os.environ.get("KILN_COS_POWER", "4"))
+GATHER_MODE = os.environ.get("KILN_GATHER", "exact")  # exact | image
 
 
 def texel_geometry(vertices, faces, uv, S, device):
@@ -105,6 +108,73 @@ def gather(view_renderer, cams, P, N, tol, device, progress=None, cos_power=COS_
     return acc, wsum
 
 
+def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=COS_POWER, chunk=None):
+    """Mesh sources: like ``gather`` but each texel's colour is shaded exactly on the source.
+
+    The view only tells *which* source triangle is in front at the texel's
+    pixel (the rasteriser's triangle id, nearest pixel); the ray from the
+    camera through the texel is intersected with that triangle and the source
+    is shaded at the exact hit (full source-texture resolution, no resampling
+    of a rendered image). Hits farther than the cage from the texel along the
+    ray are rejected (occluders, other parts).
+    """
+    T = P.shape[0]
+    res = cams[0].width
+    acc = torch.zeros((T, 3), device=device)
+    wsum = torch.zeros((T,), device=device)
+    chunk = chunk or chunk_size(T, res, 0)
+    pos = gm.pos
+    tri_all = gm.tri.long()
+    for s in range(0, len(cams), chunk):
+        cc = cams[s : s + chunk]
+        mvp, R, t = cams_to_tensors(cc, device)
+        ids = gm.rasterize_ids(mvp, res)  # (C,H,W)
+        C = len(cc)
+        q = torch.einsum("cij,tj->cti", R, P) + t[:, None, :]
+        z = q[..., 2]
+        f = torch.tensor([float(c.fx) for c in cc], device=device, dtype=torch.float32)[:, None]
+        cx = torch.tensor([float(c.cx) for c in cc], device=device, dtype=torch.float32)[:, None]
+        cy = torch.tensor([float(c.cy) for c in cc], device=device, dtype=torch.float32)[:, None]
+        zs = z.clamp_min(1e-9)
+        u = f * q[..., 0] / zs + cx
+        v = f * q[..., 1] / zs + cy
+        inside = (u >= 0) & (u < res) & (v >= 0) & (v < res) & (z > 0)
+        px = u.floor().long().clamp(0, res - 1)
+        py = v.floor().long().clamp(0, res - 1)
+        cidx = torch.arange(C, device=device)[:, None].expand(C, T)
+        tri_id = ids[cidx, py, px]  # (C,T)
+        ok = inside & (tri_id >= 0)
+        centers = -torch.einsum("cji,cj->ci", R, t)  # (C,3)
+        d = P[None] - centers[:, None, :]  # ray camera -> texel (C,T,3), texel at ray parameter 1
+        tri = tri_all[tri_id.clamp_min(0)]  # (C,T,3)
+        A, B, Cc = pos[tri[..., 0]], pos[tri[..., 1]], pos[tri[..., 2]]
+        e1, e2 = B - A, Cc - A
+        pvec = torch.cross(d, e2, dim=-1)
+        det = (e1 * pvec).sum(-1)
+        good = det.abs() > 1e-20
+        inv = 1.0 / torch.where(good, det, torch.ones_like(det))
+        tvec = centers[:, None, :] - A
+        b1 = (tvec * pvec).sum(-1) * inv
+        qvec = torch.cross(tvec, e1, dim=-1)
+        b2 = (d * qvec).sum(-1) * inv
+        th = (e2 * qvec).sum(-1) * inv  # hit at centre + th * d
+        dist = (th - 1.0).abs() * d.norm(dim=-1)
+        bary = torch.stack([1 - b1 - b2, b1, b2], -1).clamp_min(0.0)
+        bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
+        to_cam = -d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        cosang = (to_cam * N[None]).sum(-1)
+        ok = ok & good & (dist <= tol) & (cosang > 0.05)
+        w = torch.where(ok, cosang.clamp_min(0) ** cos_power, torch.zeros_like(cosang))
+        sel = torch.nonzero(w > 0, as_tuple=True)
+        if sel[0].numel():
+            col = gm.shade_points(tri_id[sel], bary[sel])
+            acc.index_put_((sel[1],), w[sel][:, None] * col, accumulate=True)
+            wsum.index_put_((sel[1],), w[sel], accumulate=True)
+        if progress is not None:
+            progress.update(0.1 + 0.85 * min(1.0, (s + C) / len(cams)), f"views {min(s + C, len(cams))}/{len(cams)}")
+    return acc, wsum
+
+
 def bake_cuda(src, vertices, faces, uv, options, progress, view_renderer=None, device="cuda"):
     t0 = time.perf_counter()
     S = options.texture_size
@@ -115,10 +185,15 @@ def bake_cuda(src, vertices, faces, uv, options, progress, view_renderer=None, d
         cams = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
         diag = float(np.linalg.norm(src.vertices.max(0) - src.vertices.min(0)))
         tol = float(options.cage) * diag
-        if view_renderer is None:
-            view_renderer = mesh_view_renderer(src, device)
         chunk = chunk_size(int(P.shape[0]), options.view_resolution, len(src.vertices))
-        acc, wsum = gather(view_renderer, cams, P, N, tol, device, progress, chunk=chunk)
+        method = "cuda-nvdiffrast-texel-gather"
+        if view_renderer is None and GATHER_MODE == "exact":
+            method += "-exact"
+            acc, wsum = gather_exact(GpuMesh(src, device), cams, P, N, tol, device, progress, chunk=chunk)
+        else:
+            if view_renderer is None:
+                view_renderer = mesh_view_renderer(src, device)
+            acc, wsum = gather(view_renderer, cams, P, N, tol, device, progress, chunk=chunk)
         hit = wsum > 0
         cols = torch.where(hit[:, None], acc / wsum.clamp_min(1e-12)[:, None], torch.zeros_like(acc))
         tex = torch.zeros((S, S, 3), device=device)
@@ -127,7 +202,7 @@ def bake_cuda(src, vertices, faces, uv, options, progress, view_renderer=None, d
         cov[mask] = hit
         torch.cuda.synchronize()
         info = {
-            "method": "cuda-nvdiffrast-texel-gather",
+            "method": method,
             "views": len(cams),
             "view_resolution": options.view_resolution,
             "view_chunk": chunk,

@@ -101,6 +101,41 @@ class GpuMesh:
         out = linear_to_srgb_t(lin)
         return torch.where(mask[..., None], out, torch.zeros_like(out)), mask
 
+    def shade_points(self, face_idx: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+        """Exact sRGB base colour (K,3) at surface points given by face index (K,) and barycentrics (K,3)."""
+        import nvdiffrast.torch as dr
+
+        fi = face_idx.long()
+        fm = self.face_mat[fi]
+        lin = self.factors[fm].clone()
+        tri = self.tri[fi].long()
+        if self.uv is not None:
+            uvp = (bary[..., None] * self.uv[0][tri]).sum(1)
+            for mi, t in enumerate(self.textures):
+                if t is None:
+                    continue
+                tex, wrap = t
+                sel = torch.nonzero(fm == mi, as_tuple=True)[0]
+                if sel.numel() == 0:
+                    continue
+                u = uvp[sel]
+                if wrap == "mirror":
+                    f = torch.remainder(u, 2.0)
+                    u = torch.where(f > 1.0, 2.0 - f, f)
+                col = dr.texture(tex, u.reshape(1, -1, 1, 2).contiguous(), filter_mode="linear",
+                                 boundary_mode="wrap" if wrap == "repeat" else "clamp")[0, :, 0]
+                lin[sel] = lin[sel] * col
+        if self.vcol is not None:
+            lin = lin * (bary[..., None] * self.vcol[0][tri]).sum(1)
+        return linear_to_srgb_t(lin)
+
+    def rasterize_ids(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
+        """Triangle id per pixel (V,H,W) int64, -1 where empty."""
+        import nvdiffrast.torch as dr
+
+        rast, _ = dr.rasterize(context(self.device), self.clip(mvps), self.tri, resolution=[resolution, resolution])
+        return rast[..., 3].long() - 1
+
     def render(self, mvps: torch.Tensor, resolution: int, want_depth: bool = False, views_R=None, views_t=None):
         import nvdiffrast.torch as dr
 
