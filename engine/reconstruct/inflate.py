@@ -368,18 +368,22 @@ class InflateBackend(ReconBackend):
         oy0 = max(0, int(math.floor((y0 - margin) / sc)))
         ox1 = min(W0, int(math.ceil((x1 + margin) / sc)))
         oy1 = min(H0, int(math.ceil((y1 + margin) / sc)))
-        crop = rgb[oy0:oy1, ox0:ox1]
-        ch, cw = crop.shape[:2]
-        # the reconstructed silhouette at crop resolution, minus a 1-pixel band of mixed edge pixels
-        big = cv2.resize(clean.astype(np.float32), (W0, H0), interpolation=cv2.INTER_LINEAR) if sc != 1.0 else clean.astype(np.float32)
-        valid = big[oy0:oy1, ox0:ox1] >= 0.5
-        valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-        if not valid.any():
-            valid = big[oy0:oy1, ox0:ox1] >= 0.5
-        tex = imgmod.pull_push_fill(crop.astype(np.float32), valid)
+        ch, cw = oy1 - oy0, ox1 - ox0
         ts = min(1.0, o["texture_max"] / float(max(ch, cw)))
-        if ts < 1.0:
-            tex = cv2.resize(tex, (max(1, round(cw * ts)), max(1, round(ch * ts))), interpolation=cv2.INTER_AREA)
+        tw, th = max(1, round(cw * ts)), max(1, round(ch * ts))
+        crop = rgb[oy0:oy1, ox0:ox1]
+        if (tw, th) != (cw, ch):
+            crop = cv2.resize(crop, (tw, th), interpolation=cv2.INTER_AREA)
+        # the reconstructed silhouette at texture resolution (texel centres mapped to working pixels),
+        # minus a 1-texel band of mixed edge pixels; everything else is filled from the object
+        tx = (ox0 + (np.arange(tw) + 0.5) * (cw / tw)) * sc
+        ty = (oy0 + (np.arange(th) + 0.5) * (ch / th)) * sc
+        gx, gy = np.meshgrid(tx, ty)
+        inside = _bilinear(clean.astype(np.float32), gx.reshape(-1), gy.reshape(-1)).reshape(th, tw) >= 0.5
+        valid = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        if not valid.any():
+            valid = inside
+        tex = imgmod.pull_push_fill(crop.astype(np.float32), valid)
         tex_u8 = np.clip(np.rint(tex), 0, 255).astype(np.uint8)
         u = (xy[:, 0] / sc - ox0) / float(cw)
         v = (xy[:, 1] / sc - oy0) / float(ch)
