@@ -38,8 +38,8 @@ class BakeOptions:
     eval_resolution: int = 512
     max_faces: int = 5_000_000
     """Inputs with more faces are refused before any GPU call."""
-    simplify_aggression: int = 7
-    """fast-simplification aggressiveness (0..10): higher is faster, lower keeps detail better."""
+    simplify_aggression: int = 5
+    """fast-simplification aggressiveness (0..10): 5 keeps closed meshes closed (7 left non-manifold edges on ~40% of closed test shapes) at the same speed."""
     seed: int = 0
 
     def validate(self) -> "BakeOptions":

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from engine.bake.texel import rasterize_uv, vertex_normals
+from engine.bake.texel import edge_ring, rasterize_uv, vertex_normals
 from engine.mesh.source import shade
 
 RAY_BATCH = 262_144
@@ -68,6 +68,10 @@ def bake_cpu(src, vertices, faces, uv, options, progress):
     t0 = time.perf_counter()
     S = options.texture_size
     tri, bary = rasterize_uv(uv, faces, S)
+    rr, cc, rt, rb = edge_ring(tri, uv, faces)
+    inside = tri >= 0
+    tri[rr, cc] = rt
+    bary[rr, cc] = rb
     mask = tri >= 0
     ti = tri[mask]
     b = bary[mask]
@@ -103,7 +107,8 @@ def bake_cpu(src, vertices, faces, uv, options, progress):
     cov[rr[hit], cc[hit]] = True
     info = {
         "method": "cpu-embree-raycast",
-        "texels_in_charts": int(mask.sum()),
+        "texels_in_charts": int(inside.sum()),
+        "texels_edge_ring": int(len(rr)),
         "texels_hit": int(hit.sum()),
         "texels_retried": int(retried),
         "cage": cage,

@@ -40,12 +40,37 @@ def texel_geometry(vertices, faces, uv, S, device):
     clip = torch.cat([uvt * 2 - 1, torch.zeros_like(uvt[:, :1]), torch.ones_like(uvt[:, :1])], 1)[None].contiguous()
     tri = _i32(faces, device)
     rast, _ = dr.rasterize(ctx, clip, tri, resolution=[S, S])
-    pos, _ = dr.interpolate(_f32(vertices, device)[None], rast, tri)
-    nrm, _ = dr.interpolate(_f32(vertex_normals(vertices, faces), device)[None], rast, tri)
-    mask = rast[0, ..., 3] > 0
-    n = nrm[0][mask]
+    vt = _f32(vertices, device)
+    vn = _f32(vertex_normals(vertices, faces), device)
+    pos, _ = dr.interpolate(vt[None], rast, tri)
+    nrm, _ = dr.interpolate(vn[None], rast, tri)
+    pos, nrm = pos[0], nrm[0]
+    ids = rast[0, ..., 3]
+    inside = ids > 0
+    # edge ring (see engine.bake.texel.edge_ring): texels beside a chart, on the neighbouring triangle's plane
+    nb = torch.nn.functional.max_pool2d(ids[None, None], 3, stride=1, padding=1)[0, 0]
+    ring = (~inside) & (nb > 0)
+    rr, cc = torch.nonzero(ring, as_tuple=True)
+    t = nb[rr, cc].long() - 1
+    fl = tri.long()[t]
+    P2 = uvt[fl] * S - 0.5
+    a, b, c = P2[:, 0], P2[:, 1], P2[:, 2]
+    v0, v1 = b - a, c - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = torch.where(den.abs() > 1e-12, den, torch.ones_like(den))
+    px, py = cc.float() - a[:, 0], rr.float() - a[:, 1]
+    l1 = (px * v1[:, 1] - v1[:, 0] * py) / den
+    l2 = (v0[:, 0] * py - px * v0[:, 1]) / den
+    bary = torch.stack([1 - l1 - l2, l1, l2], 1)
+    ok = bary.abs().amax(1) < 4.0
+    rr, cc, fl, bary = rr[ok], cc[ok], fl[ok], bary[ok]
+    pos[rr, cc] = (bary[..., None] * vt[fl]).sum(1)
+    nrm[rr, cc] = (bary[..., None] * vn[fl]).sum(1)
+    mask = inside.clone()
+    mask[rr, cc] = True
+    n = nrm[mask]
     n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return mask, pos[0][mask], n
+    return mask, pos[mask], n
 
 
 def chunk_size(n_texels: int, res: int, n_src_verts: int, budget_bytes: float = 1.5e9) -> int:

@@ -78,3 +78,32 @@ def vertex_normals(vertices: np.ndarray, faces: np.ndarray, weld_positions: bool
     n = acc[key]
     ln = np.linalg.norm(n, axis=1, keepdims=True)
     return (n / np.where(ln > 0, ln, 1.0)).astype(np.float32)
+
+
+def edge_ring(tri_img: np.ndarray, uv: np.ndarray, faces: np.ndarray):
+    """Texels just outside the charts (centre not covered, a covered 8-neighbour).
+
+    Their colour matters: bilinear filtering at a chart's border blends them in.
+    Instead of copying a neighbour's colour (plain dilation), each is placed on
+    the plane of the neighbouring triangle by extrapolated barycentrics, so it
+    is baked from the true surface colour just beyond the chart's edge.
+    -> (rows, cols, triangle ids, barycentrics (K,3) float32, may be < 0).
+    """
+    from scipy.ndimage import maximum_filter
+
+    S = tri_img.shape[0]
+    nb = maximum_filter(tri_img, size=3, mode="constant", cval=-1)
+    ring = (tri_img < 0) & (nb >= 0)
+    rr, cc = np.nonzero(ring)
+    t = nb[ring]
+    P2 = uv[faces[t]].astype(np.float64) * S - 0.5
+    a, b, c = P2[:, 0], P2[:, 1], P2[:, 2]
+    v0, v1 = b - a, c - a
+    den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
+    den = np.where(np.abs(den) > 1e-12, den, 1.0)
+    px, py = cc - a[:, 0], rr - a[:, 1]
+    l1 = (px * v1[:, 1] - v1[:, 0] * py) / den
+    l2 = (v0[:, 0] * py - px * v0[:, 1]) / den
+    bary = np.stack([1 - l1 - l2, l1, l2], 1)
+    ok = np.abs(bary).max(1) < 4.0  # sliver triangles would extrapolate wildly: leave those to dilation
+    return rr[ok], cc[ok], t[ok], bary[ok].astype(np.float32)
