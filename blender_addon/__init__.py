@@ -38,6 +38,7 @@ def register():
 
     from . import operators, props, state, ui
 
+    state.rt = state.Runtime()  # fresh runtime state (and engine manager) on every enable
     global _modules
     _modules = (props, operators, ui)
     for m in _modules:
@@ -45,7 +46,6 @@ def register():
     _load_pre.__dict__["_bpy_persistent"] = True  # same as @bpy.app.handlers.persistent
     bpy.app.handlers.load_pre.append(_load_pre)
     atexit.register(_atexit)
-    state.rt.last_error = None
 
 
 def unregister():

@@ -26,6 +26,20 @@ RUN_MODES = [
 ]
 
 
+def _reporter(op, blocking: bool):
+    """Operator reports. Blocking (script) runs report failures as warnings
+    ("Kiln error: ..."), because an ERROR report makes ``bpy.ops`` raise
+    RuntimeError in the calling script: scripts get {'CANCELLED'} instead and
+    find the error in ``bpy.context.window_manager.kiln_error``."""
+
+    def report(level: str, text: str) -> None:
+        if blocking and level == "ERROR":
+            level, text = "WARNING", text.replace("Kiln: ", "Kiln error: ", 1)
+        op.report({level}, text)
+
+    return report
+
+
 def _poll_fail(cls, msg: str) -> bool:
     if hasattr(cls, "poll_message_set"):
         cls.poll_message_set(msg)
@@ -46,10 +60,12 @@ class _JobOperator:
     )
 
     def _reporter(self):
-        def report(level: str, text: str) -> None:
-            self.report({level}, text)
+        return _reporter(self, state.blocking_wanted(self.run_mode))
 
-        return report
+    def _fail(self, e: EngineError) -> set:
+        state.set_error(e)
+        self._reporter()("ERROR", f"Kiln: {e.full_text()}")
+        return {"CANCELLED"}
 
     def _run(self, context, spec: JobSpec, label: str, on_done) -> set:
         blocking = state.blocking_wanted(self.run_mode)
@@ -96,9 +112,7 @@ class KILN_OT_bake_selected(_JobOperator, bpy.types.Operator):
             info = scene_io.export_source(obj, scene, view_layer, context.evaluated_depsgraph_get(), src)
         except EngineError as e:
             shutil.rmtree(workdir, ignore_errors=True)
-            state.rt.last_error = e
-            self.report({"ERROR"}, f"Kiln: {e.full_text()}")
-            return {"CANCELLED"}
+            return self._fail(e)
         source_name = obj.name
         scene_name = scene.name
         hide = settings.hide_source
@@ -164,7 +178,6 @@ class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
             else:
                 img_path = scene_io.image_file_for_upload(s.image, workdir, "image")
                 label = os.path.splitext(s.image.name)[0] or "image"
-            extra = []
             mask_path = None
             if s.mask_source == "FILE":
                 mask_path = bpy.path.abspath(s.mask_path)
@@ -173,12 +186,10 @@ class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
             elif s.mask_source == "IMAGE":
                 mask_path = scene_io.image_file_for_upload(s.mask_image, workdir, "mask")
             if mask_path:
-                extra.append(("mask", "mask" + os.path.splitext(mask_path)[1], mask_path, scene_io.content_type_for(mask_path)))
+                img_path = scene_io.compose_mask_into_alpha(img_path, mask_path, workdir)
         except EngineError as e:
             shutil.rmtree(workdir, ignore_errors=True)
-            state.rt.last_error = e
-            self.report({"ERROR"}, f"Kiln: {e.full_text()}")
-            return {"CANCELLED"}
+            return self._fail(e)
         label = scene_io.safe_name(label)
         scene_name = context.scene.name
         cursor = context.scene.cursor.matrix.copy()
@@ -189,7 +200,6 @@ class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
             self._options(s),
             workdir,
             scene_io.content_type_for(img_path),
-            extra_files=extra,
             label=label,
         )
 
@@ -244,11 +254,7 @@ class KILN_OT_check_engine(bpy.types.Operator):
 
     def execute(self, context):
         blocking = state.blocking_wanted(self.run_mode)
-
-        def report(level, text):
-            self.report({level}, text)
-
-        kind = state.start_check(blocking, report)
+        kind = state.start_check(blocking, _reporter(self, blocking))
         if not blocking:
             return {"FINISHED"}
         return {"FINISHED"} if kind == DONE else {"CANCELLED"}

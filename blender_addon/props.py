@@ -95,9 +95,15 @@ def register():
     for c in classes:
         bpy.utils.register_class(c)
     bpy.types.Scene.kiln = PointerProperty(type=KilnSceneSettings)
+    # For scripts: the last job error (WindowManager properties are not saved in the .blend).
+    bpy.types.WindowManager.kiln_error = StringProperty(name="Kiln error", options={"SKIP_SAVE"})
+    bpy.types.WindowManager.kiln_error_hint = StringProperty(name="Kiln error hint", options={"SKIP_SAVE"})
+    bpy.types.WindowManager.kiln_error_code = StringProperty(name="Kiln error code", options={"SKIP_SAVE"})
 
 
 def unregister():
+    for name in ("kiln_error", "kiln_error_hint", "kiln_error_code"):
+        delattr(bpy.types.WindowManager, name)
     del bpy.types.Scene.kiln
     for c in reversed(classes):
         bpy.utils.unregister_class(c)

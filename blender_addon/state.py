@@ -85,6 +85,16 @@ def engine_settings() -> EngineSettings:
     )
 
 
+def set_error(e: Optional[EngineError]) -> None:
+    """The last job error, for the panel and for scripts (WindowManager props, never saved)."""
+    rt.last_error = e
+    wm = bpy.context.window_manager
+    if wm is not None and hasattr(wm, "kiln_error"):
+        wm.kiln_error = e.message if e else ""
+        wm.kiln_error_hint = e.hint if e else ""
+        wm.kiln_error_code = e.code if e else ""
+
+
 def offers(kind: str) -> Optional[bool]:
     """Whether the last checked engine offers ``kind`` jobs (None: unknown)."""
     info = rt.engine_info
@@ -109,25 +119,25 @@ def _apply_job_event(job: ActiveJob, ev) -> Optional[tuple]:
         try:
             info = job.on_done(ev.data)
         except EngineError as e:
-            rt.last_error = e
+            set_error(e)
             return ("ERROR", f"Kiln: {e.full_text()}")
         except Exception as e:  # import failed in Blender: report, keep the files for inspection
             import traceback
 
             traceback.print_exc()
-            rt.last_error = EngineError(f"could not import the result: {e}", hint=f"the result is kept in {job.workdir}", code="import_failed")
+            set_error(EngineError(f"could not import the result: {e}", hint=f"the result is kept in {job.workdir}", code="import_failed"))
             return ("ERROR", f"Kiln: {rt.last_error.full_text()}")
-        rt.last_error = None
+        set_error(None)
         rt.last_info = info
         shutil.rmtree(job.workdir, ignore_errors=True)
         return ("INFO", f"Kiln: {info}")
     if ev.kind == ERROR:
-        rt.last_error = ev.data
+        set_error(ev.data)
         rt.last_info = ""
         shutil.rmtree(job.workdir, ignore_errors=True)
         return ("ERROR", f"Kiln: {ev.data.full_text()}")
     if ev.kind == CANCELLED:
-        rt.last_error = None
+        set_error(None)
         rt.last_info = f"{job.label}: cancelled"
         shutil.rmtree(job.workdir, ignore_errors=True)
         return ("WARNING", f"Kiln: {job.label} cancelled")
@@ -242,7 +252,7 @@ def start_job(spec: JobSpec, label: str, on_done: Callable[[dict], str], blockin
     task = JobTask(rt.manager, settings, spec)
     job = ActiveJob(task, label, on_done, spec.workdir)
     rt.job = job
-    rt.last_error = None
+    set_error(None)
     rt.last_info = ""
     rt.notes = []
     if not blocking:
@@ -298,7 +308,7 @@ def shutdown(join_timeout: float = 10.0) -> None:
     tasks = [t for t in ((rt.job.task if rt.job else None), rt.check) if t is not None]
     for t in tasks:
         t.cancel()
-    rt.manager.stop()  # requests in flight fail fast once the engine is gone
+    rt.manager.stop(remove_logs=True)  # requests in flight fail fast once the engine is gone
     deadline = time.monotonic() + join_timeout
     for t in tasks:
         t.join(max(0.0, deadline - time.monotonic()))
@@ -317,6 +327,13 @@ def engine_summary(info: Optional[dict]) -> str:
     h = info.get("health") or {}
     parts = [f"engine {h.get('version', '?')}"]
     backends = h.get("backends")
+    if not backends and isinstance(h.get("workers"), list):  # the service may not have heard from a worker yet
+        seen = []
+        for w in h["workers"]:
+            for b in (w.get("backends") or []) if isinstance(w, dict) else []:
+                if b not in seen:
+                    seen.append(b)
+        backends = seen or ["starting…"]
     if isinstance(backends, dict):
         names = [k for k, v in backends.items() if v and k != "gpus"]
         parts.append("backends: " + ", ".join(names))

@@ -89,6 +89,7 @@ class Task:
             raise JobCancelled("cancelled")
 
     def connect(self):
+        self.check_cancel()
         local = self.settings.mode != "REMOTE"
         if local and self.manager.local_pid is None:
             self.progress("connecting", "engine", 0.0, "starting the local engine")

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,8 +112,9 @@ class LocalEngine:
         self.proc: Optional[subprocess.Popen] = None
         self.url: Optional[str] = None
         self.token: Optional[str] = None
-        self.stdout_path = os.path.join(self.log_dir, "engine-stdout.log")
-        self.stderr_path = os.path.join(self.log_dir, "engine-stderr.log")
+        stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{secrets.token_hex(2)}"
+        self.stdout_path = os.path.join(self.log_dir, f"engine-{stamp}-stdout.log")
+        self.stderr_path = os.path.join(self.log_dir, f"engine-{stamp}-stderr.log")
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -263,7 +265,15 @@ class EngineManager:
         self._lock = threading.Lock()
         self.local: Optional[LocalEngine] = None
         self._local_key: Optional[tuple] = None
+        self._own_log_dir = log_dir is None
         self.log_dir = log_dir
+        self.closed = False  # after a final stop (add-on disabled, Blender quitting) nothing starts again
+
+    def _logs(self) -> str:
+        # One folder per session; each engine start writes its own pair of log files there.
+        if self.log_dir is None:
+            self.log_dir = tempfile.mkdtemp(prefix="kiln-engine-")
+        return self.log_dir
 
     def client(self, settings: EngineSettings, notes: Optional[list] = None, should_cancel: Callable[[], bool] = lambda: False):
         from .client import EngineClient
@@ -272,6 +282,10 @@ class EngineManager:
         if settings.mode == "REMOTE":
             return EngineClient(settings.url, settings.token, settings.timeout, settings.transfer_timeout)
         with self._lock:
+            if self.closed:
+                raise EngineError("Kiln is shutting down", hint="enable the add-on again to use the engine", code="cancelled")
+            if should_cancel():
+                raise EngineError("cancelled", code="cancelled")
             key = settings.local_key()
             if self.local is not None and self._local_key != key:
                 self.local.stop()
@@ -284,7 +298,7 @@ class EngineManager:
                 notes.append(f"the local engine had stopped ({why}); restarted it. Its log: {log}")
             if self.local is None:
                 extra = parse_env_text(settings.extra_env)
-                eng = LocalEngine(settings.python_path, extra, settings.start_timeout, self.log_dir, settings.engine_args)
+                eng = LocalEngine(settings.python_path, extra, settings.start_timeout, self._logs(), settings.engine_args)
                 eng.start(should_cancel)
                 self.local, self._local_key = eng, key
             return EngineClient(self.local.url, self.local.token, settings.timeout, settings.transfer_timeout)
@@ -296,12 +310,17 @@ class EngineManager:
             return f"the local engine {eng.exit_description()} (log: {eng.stderr_path}); it will be restarted on the next use"
         return None
 
-    def stop(self) -> None:
+    def stop(self, remove_logs: bool = False) -> None:
         with self._lock:
             if self.local is not None:
                 self.local.stop()
                 self.local = None
                 self._local_key = None
+            if remove_logs:
+                self.closed = True
+            if remove_logs and self._own_log_dir and self.log_dir is not None:
+                shutil.rmtree(self.log_dir, ignore_errors=True)
+                self.log_dir = None
 
     @property
     def local_pid(self) -> Optional[int]:
