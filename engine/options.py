@@ -28,6 +28,8 @@ class BakeOptions:
     """Camera views around the bounding sphere (cuda gather bake and splat sources)."""
     view_resolution: int = 1024
     """Side of each bake view in pixels (cuda)."""
+    supersample: int = 2
+    """Source samples per texel side; > 1 fits the texture by least squares (engine.bake.fit), 1 = point sampling."""
     padding: int = 4
     """Charts are dilated by at least this many texels (no seams under mip-mapping)."""
     cage: float = 0.02
@@ -52,6 +54,8 @@ class BakeOptions:
         need(self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}")
         need(isinstance(self.views, int) and 1 <= self.views <= 1000, f"views={self.views!r} must be an integer in 1..1000")
         need(isinstance(self.view_resolution, int) and 64 <= self.view_resolution <= 4096, f"view_resolution={self.view_resolution!r} must be in 64..4096")
+        need(self.supersample in (1, 2) and not isinstance(self.supersample, bool), f"supersample={self.supersample!r} must be 1 (point sampling) or 2 (least-squares fit)")
+        need(self.texture_size * self.supersample <= 16384, f"texture_size x supersample = {self.texture_size * self.supersample} exceeds 16384")
         need(isinstance(self.padding, int) and 0 <= self.padding <= 64, f"padding={self.padding!r} must be an integer in 0..64")
         need(isinstance(self.cage, (int, float)) and 0.0 < float(self.cage) <= 1.0, f"cage={self.cage!r} must be in (0, 1]")
         need(isinstance(self.evaluate, bool), f"evaluate={self.evaluate!r} must be true or false")

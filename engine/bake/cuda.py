@@ -74,7 +74,8 @@ def texel_geometry(vertices, faces, uv, S, device):
 
 
 def chunk_size(n_texels: int, res: int, n_src_verts: int, budget_bytes: float = 1.5e9) -> int:
-    per_view = res * res * 4 * 12 + n_texels * 4 * 12 + n_src_verts * 16
+    # per view in a chunk: the rendered image (rast/ids/depth) and ~10 (T, 3) float tensors of the texel projection
+    per_view = res * res * 4 * 12 + n_texels * 160 + n_src_verts * 16
     return int(max(1, min(16, budget_bytes // max(per_view, 1))))
 
 

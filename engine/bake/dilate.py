@@ -47,7 +47,7 @@ def push_pull(col: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 def fill_and_dilate(texture, coverage, padding: int = 4, device=None) -> np.ndarray:
     """float (S,S,3) sRGB + bool coverage (numpy or torch) -> uint8 (S,S,3) numpy, every texel filled."""
-    t = torch.as_tensor(np.asarray(texture) if not torch.is_tensor(texture) else texture, dtype=torch.float32)
+    t = torch.as_tensor(np.asarray(texture) if not torch.is_tensor(texture) else texture).to(torch.float32)
     m = torch.as_tensor(np.asarray(coverage) if not torch.is_tensor(coverage) else coverage)
     if device is not None:
         t, m = t.to(device), m.to(device)

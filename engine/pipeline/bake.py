@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+import torch
 
 from engine import __version__
 from engine.errors import InputError
@@ -17,6 +19,7 @@ from engine.options import BakeOptions
 from engine.progress import CancelCheck, Progress, ProgressCallback
 
 STAGES = {"load": 5, "validate": 1, "simplify": 8, "unwrap": 15, "bake": 50, "dilate": 5, "export": 5, "evaluate": 11}
+# "dilate" covers the least-squares texture fit (supersample > 1) and the fill/dilation
 
 
 @dataclass
@@ -95,17 +98,30 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     prog.end()
 
     prog.begin("bake", f"{be.name} backend")
+    k = options.supersample
+    sample_opts = dataclasses.replace(options, texture_size=options.texture_size * k)
     if splats is not None:
         from engine.bake.cuda import bake_cuda
         from engine.pipeline.splat import splat_renderer_for
 
-        texture, coverage, bake_info = bake_cuda(src, uv_v, uv_f, uv, options, prog, view_renderer=splat_renderer_for(splats, options))
+        texture, coverage, bake_info = bake_cuda(src, uv_v, uv_f, uv, sample_opts, prog, view_renderer=splat_renderer_for(splats, options))
         bake_info["source"] = f"gaussian splats ({splats.n:,})"
     else:
-        texture, coverage, bake_info = bake_texture(src, uv_v, uv_f, uv, options, be, prog)
+        texture, coverage, bake_info = bake_texture(src, uv_v, uv_f, uv, sample_opts, be, prog)
+    bake_info["supersample"] = k
     prog.end()
 
     prog.begin("dilate")
+    if k > 1:
+        from engine.bake.fit import fit_texture
+
+        t_fit = time.perf_counter()
+        with torch.no_grad():
+            texture, coverage = fit_texture(torch.as_tensor(texture).to(be.device), torch.as_tensor(coverage).to(be.device), k)
+        bake_info["fit_seconds"] = round(time.perf_counter() - t_fit, 4)
+        coverage_frac = float(coverage.float().mean())
+    else:
+        coverage_frac = float(np.asarray(coverage).mean())
     texture_u8 = fill_and_dilate(texture, coverage, padding=options.padding, device=be.device)
     prog.end()
 
@@ -129,7 +145,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
         "vertices_out": int(len(uv_v)),
         "appearance": src.appearance_kind(),
         "winding_flipped": bool(flipped),
-        "coverage": float(coverage.mean()),
+        "coverage": coverage_frac,
         "bake": bake_info,
         "options": options.to_dict(),
     }
@@ -142,4 +158,4 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
         prog.end()
     report["timings"] = {k: round(v, 4) for k, v in prog.finish().items()}
     report["total_seconds"] = round(time.perf_counter() - t_start + report["timings"].get("load", 0.0), 4)
-    return BakeResult(out_path, report, uv_v, uv_f, uv, texture_u8, coverage)
+    return BakeResult(out_path, report, uv_v, uv_f, uv, texture_u8, np.asarray(coverage.cpu() if torch.is_tensor(coverage) else coverage))
