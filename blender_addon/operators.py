@@ -114,6 +114,7 @@ class KILN_OT_bake_selected(_JobOperator, bpy.types.Operator):
             shutil.rmtree(workdir, ignore_errors=True)
             return self._fail(e)
         source_name = obj.name
+        matrix_at_start = obj.matrix_world.copy()  # used if the source is renamed or deleted meanwhile
         scene_name = scene.name
         hide = settings.hide_source
         faces_in = info["faces"]
@@ -125,7 +126,7 @@ class KILN_OT_bake_selected(_JobOperator, bpy.types.Operator):
             if sc is None:
                 raise EngineError(f"scene {scene_name!r} is gone", hint="bake again", code="scene_gone")
             vl = _view_layer_for(sc)
-            matrix = source.matrix_world.copy() if source is not None else _identity()
+            matrix = source.matrix_world.copy() if source is not None else matrix_at_start
             new = scene_io.import_result(result["result"], sc, vl, source_name, matrix, result.get("report"))
             if hide and source is not None and source.name in vl.objects:
                 source.hide_set(True, view_layer=vl)
@@ -286,12 +287,6 @@ def _view_layer_for(scene):
     if bpy.context.scene == scene and bpy.context.view_layer is not None:
         return bpy.context.view_layer
     return scene.view_layers[0]
-
-
-def _identity():
-    from mathutils import Matrix
-
-    return Matrix.Identity(4)
 
 
 def _undo_push(message: str) -> None:

@@ -383,11 +383,14 @@ def sc_async_bake(cfg):
     _clear_scene()
     _scene_defaults()
     obj = _make_vertex_coloured()
+    _set_transform(obj, (5.0, 0.0, 1.0), (0.0, 0.0, 2.0), (1.0, 2.0, 1.0))
+    snapshot = [list(row) for row in obj.matrix_world]
     _select_only(obj)
     st = _kiln()[1]
     t0 = time.monotonic()
     r = _run_op(bpy.ops.kiln.bake_selected, run_mode="ASYNC")
     r["op_seconds"] = time.monotonic() - t0
+    bpy.data.objects.remove(obj)  # the artist deletes the source while the engine works
     longest = 0.0
     t_end = time.monotonic() + 120
     while st.rt.job is not None and time.monotonic() < t_end:
@@ -398,6 +401,9 @@ def sc_async_bake(cfg):
     r["longest_tick_while_running"] = longest
     r["done"] = st.rt.job is None
     r["result_exists"] = "Painted_kiln" in bpy.data.objects
+    if r["result_exists"]:
+        r["matrix"] = [list(row) for row in bpy.data.objects["Painted_kiln"].matrix_world]
+        r["snapshot"] = snapshot
     r.update(_error_state())
     return r
 
@@ -494,6 +500,18 @@ def sc_mask_compose(cfg):
         scene_io.compose_mask_into_alpha(str(IMAGES / "human_object" / "image.png"), os.path.join(work, "no-such-mask.png"), work)
     except Exception as e:
         r["missing_mask_error"] = getattr(e, "code", e.__class__.__name__)
+    # image datablocks travel as their file, their packed bytes, or a PNG of their pixels
+    src = IMAGES / "human_object" / "0.png"
+    on_disk = bpy.data.images.load(str(src))
+    r["file_upload_is_source"] = scene_io.image_file_for_upload(on_disk, work, "a") == str(src)
+    on_disk.pack()
+    packed_path = scene_io.image_file_for_upload(on_disk, work, "b")
+    r["packed_upload"] = [os.path.basename(packed_path), Path(packed_path).read_bytes() == src.read_bytes()]
+    gen = bpy.data.images.new("painted", 32, 16, alpha=True)
+    gen.generated_color = (1.0, 0.0, 0.0, 1.0)
+    gen_path = scene_io.image_file_for_upload(gen, work, "c")
+    back = bpy.data.images.load(gen_path)
+    r["generated_upload"] = [os.path.basename(gen_path), list(back.size), [round(x, 3) for x in list(back.pixels)[:4]]]
     return r
 
 
@@ -567,6 +585,87 @@ def sc_lifecycle(cfg):
     return r
 
 
+class FakeLayout:
+    """Records what a panel's draw() asks for (panels never draw in background mode)."""
+
+    def __init__(self, calls, with_progress=True):
+        self.calls = calls
+        self.with_progress = with_progress
+        self.scale_y = 1.0
+        self.enabled = True
+
+    def __getattr__(self, name):
+        if name == "progress" and not self.with_progress:
+            raise AttributeError(name)
+        if name in ("box", "column", "row", "split", "column_flow"):
+            return lambda *a, **k: FakeLayout(self.calls, self.with_progress)
+
+        def call(*a, **k):
+            self.calls.append([name, [str(x) for x in a], {kk: str(v) for kk, v in k.items()}])
+            return type("Props", (), {})()
+
+        return call
+
+
+def _draw(fn, with_progress=True):
+    import types
+
+    import bpy
+
+    calls = []
+    fn(types.SimpleNamespace(layout=FakeLayout(calls, with_progress)), bpy.context)
+    return calls
+
+
+def sc_draw(cfg):
+    import bpy
+
+    _, st = _kiln()
+    ui = sys.modules[ADDON + ".ui"]
+    props = sys.modules[ADDON + ".props"]
+    client = sys.modules[ADDON + ".core.client"]
+    _clear_scene()
+    _scene_defaults()
+    obj = _make_vertex_coloured()
+    _select_only(obj)
+    r = {}
+    st.set_error(client.EngineError("cannot reach the Kiln engine", hint="start it", code="engine_unreachable"))
+    r["idle_error"] = _draw(ui.KILN_PT_main.draw)
+    st.set_error(None)
+    _run_op(bpy.ops.kiln.bake_selected, run_mode="ASYNC", fault="hang@bake")
+    ok, _ = _tick_until(lambda: st.rt.job is not None and st.rt.job.stage == "bake", 60)
+    r["reached_bake"] = ok
+    r["running"] = _draw(ui.KILN_PT_main.draw)
+    r["running_no_progress_api"] = _draw(ui.KILN_PT_main.draw, with_progress=False)
+    bpy.ops.kiln.cancel()
+    _tick_until(lambda: st.rt.job is None, 60)
+    bpy.ops.kiln.check_engine()
+    r["engine_panel"] = _draw(ui.KILN_PT_engine.draw)
+    r["image_panel"] = _draw(ui.KILN_PT_image.draw)
+    p = _prefs()
+    import types
+
+    ns = types.SimpleNamespace(**{k: getattr(p, k) for k in ("engine_mode", "python_path", "extra_env", "engine_url", "token")})
+    calls = []
+    ns.layout = FakeLayout(calls)
+    props.KilnPreferences.draw(ns, bpy.context)
+    r["prefs"] = calls
+    return r
+
+
+def sc_quit_with_engine(cfg):
+    """Start the local engine, then let the process end without disabling the add-on (Blender quitting)."""
+    import bpy
+
+    p = _prefs()
+    p.engine_mode, p.python_path, p.extra_env = "LOCAL", sys.executable, f"PYTHONPATH={ROOT}"
+    r = _run_op(bpy.ops.kiln.check_engine)
+    st = _kiln()[1]
+    pid = st.rt.manager.local_pid
+    r["pids"] = [pid] + _descendants(pid) if pid else []
+    return r
+
+
 SCENARIOS = {k[3:]: v for k, v in globals().items() if k.startswith("sc_")}
 
 
@@ -579,10 +678,12 @@ def blender_main(cfg: dict) -> None:
     for k, v in cfg.get("prefs", {}).items():
         setattr(p, k, v)
     for name in cfg["scenarios"]:
+        t0 = time.monotonic()
         try:
             out = SCENARIOS[name](cfg)
         except Exception:
             out = {"driver_exception": traceback.format_exc()}
+        out["_seconds"] = round(time.monotonic() - t0, 2)
         print("KILN_RESULT " + json.dumps({"scenario": name, **out}, default=str), flush=True)
 
 
@@ -656,7 +757,9 @@ if __name__ != "__main__":
         env = dict(os.environ)
         env["BLENDER_USER_RESOURCES"] = str(home / "user")  # isolated extensions, prefs, caches
         env.pop("PYTHONPATH", None)  # the add-on must not find `engine` through Blender's Python
+        t0 = time.monotonic()
         r = subprocess.run([sys.executable, __file__, str(cfg_path)], cwd=str(home), env=env, capture_output=True, text=True, timeout=timeout)
+        wall = time.monotonic() - t0
         results = {}
         for line in r.stdout.splitlines():
             if line.startswith("KILN_RESULT "):
@@ -668,13 +771,14 @@ if __name__ != "__main__":
             assert name in results, f"scenario {name} produced no result (rc {r.returncode}):\n{log}"
             assert "driver_exception" not in results[name], results[name]["driver_exception"] + "\n" + log
         results["_log"] = log
+        print(f"blender driver: {wall:.1f} s; scenarios (s):", {k: v.get("_seconds") for k, v in results.items() if isinstance(v, dict)})
         return results
 
     @pytest.fixture(scope="module")
     def remote(addon_zip, engine_service, tmp_path_factory):
         return run_driver(
             addon_zip, tmp_path_factory,
-            ["check", "poll", "bake_textured", "bake_modifier", "bake_vertex_colour", "async_bake", "cancel", "fault", "bad_option", "unreachable", "mask_compose", "image_to_3d"],
+            ["check", "poll", "draw", "bake_textured", "bake_modifier", "bake_vertex_colour", "async_bake", "cancel", "fault", "bad_option", "unreachable", "mask_compose", "image_to_3d"],
             {"engine_mode": "REMOTE", "engine_url": engine_service["url"], "token": engine_service["token"], "timeout": 10.0},
             {"dead_url": f"http://127.0.0.1:{_free_port()}"},
         )
@@ -741,6 +845,7 @@ if __name__ != "__main__":
         r = remote["async_bake"]
         assert r["ret"] == ["FINISHED"] and r["done"] and r["result_exists"] and r["error"] is None, r
         assert r["op_seconds"] < 2.0  # export + start only
+        assert _close(r["matrix"], r["snapshot"], 1e-5)  # source deleted meanwhile: placed where it was
         assert r["longest_tick_while_running"] < 0.1  # the timer never blocks Blender while the job runs
 
     def test_cancel(remote):
@@ -778,6 +883,8 @@ if __name__ != "__main__":
         r = remote["mask_compose"]
         assert r["size"] == r["mask_size"] and r["agree"] == 1.0 and 0.01 < r["fg"] < 0.99
         assert r["missing_mask_error"] == "bad_image"
+        assert r["file_upload_is_source"] and r["packed_upload"] == ["b.png", True]
+        assert r["generated_upload"] == ["c.png", [32, 16], [1.0, 0.0, 0.0, 1.0]]
 
     def test_image_to_3d(remote):
         r = remote["image_to_3d"]
@@ -788,6 +895,32 @@ if __name__ != "__main__":
         res = r["result"]
         assert res["collections"] == ["Kiln"] and res["uv_layers"] >= 1 and res["image"] is not None
         assert _close([res["matrix"][i][3:] for i in range(3)], [[2.0], [-1.0], [0.5]], 1e-5)  # at the 3D cursor
+
+    def _labels(calls):
+        return " | ".join(" ".join(c[1]) + " " + c[2].get("text", "") for c in calls)
+
+    def test_panels_draw(remote):
+        r = remote["draw"]
+        text = _labels(r["idle_error"])
+        assert "cannot reach the Kiln engine" in text and "start it" in text
+        assert ["operator", ["kiln.bake_selected"], {"icon": "RENDER_STILL"}] in r["idle_error"]
+        assert r["reached_bake"]
+        prog = [c for c in r["running"] if c[0] == "progress"]
+        assert len(prog) == 1 and 0.0 < float(prog[0][2]["factor"]) < 1.0 and "bake" in prog[0][2]["text"]
+        assert any(c[0] == "operator" and c[1] == ["kiln.cancel"] for c in r["running"])
+        assert not any(c[0] == "progress" for c in r["running_no_progress_api"])
+        assert "bake" in _labels(r["running_no_progress_api"]) and "%" in _labels(r["running_no_progress_api"])
+        assert "engine 0.1" in _labels(r["engine_panel"]) or "engine " in _labels(r["engine_panel"])
+        assert any(c[0] == "operator" and c[1] == ["kiln.image_to_3d"] for c in r["image_panel"])
+        assert any(c[0] == "operator" and c[1] == ["kiln.check_engine"] for c in r["prefs"])
+
+    def test_quitting_blender_stops_the_local_engine(addon_zip, tmp_path_factory):
+        if not _service_available():
+            pytest.skip("`kiln serve` is not available in this checkout")
+        r = run_driver(addon_zip, tmp_path_factory, ["quit_with_engine"], {})["quit_with_engine"]
+        assert r["ret"] == ["FINISHED"] and r["pids"], r
+        time.sleep(1.0)
+        assert [p for p in r["pids"] if _alive(p)] == []  # atexit stopped the engine and its workers
 
     def test_local_engine_lifecycle(addon_zip, tmp_path_factory):
         if not _service_available():
