@@ -318,6 +318,27 @@ def sc_bake_vertex_colour(cfg):
     return r
 
 
+def sc_bake_text(cfg):
+    """A text object (not a mesh) is converted through its evaluated geometry."""
+    import bpy
+
+    _clear_scene()
+    _scene_defaults().faces = 100
+    cu = bpy.data.curves.new("Title", "FONT")
+    cu.body = "Kiln"
+    cu.extrude = 0.1
+    obj = bpy.data.objects.new("Title", cu)
+    bpy.context.scene.collection.objects.link(obj)
+    obj.location = (0.0, 0.0, 3.0)
+    _select_only(obj)
+    r = _run_op(bpy.ops.kiln.bake_selected)
+    r.update(_error_state())
+    new = bpy.data.objects.get("Title_kiln")
+    if new is not None:
+        r["result"] = _describe_result(new, obj)
+    return r
+
+
 def sc_poll(cfg):
     import bpy
 
@@ -778,7 +799,7 @@ if __name__ != "__main__":
     def remote(addon_zip, engine_service, tmp_path_factory):
         return run_driver(
             addon_zip, tmp_path_factory,
-            ["check", "poll", "draw", "bake_textured", "bake_modifier", "bake_vertex_colour", "async_bake", "cancel", "fault", "bad_option", "unreachable", "mask_compose", "image_to_3d"],
+            ["check", "poll", "draw", "bake_textured", "bake_modifier", "bake_vertex_colour", "bake_text", "async_bake", "cancel", "fault", "bad_option", "unreachable", "mask_compose", "image_to_3d"],
             {"engine_mode": "REMOTE", "engine_url": engine_service["url"], "token": engine_service["token"], "timeout": 10.0},
             {"dead_url": f"http://127.0.0.1:{_free_port()}"},
         )
@@ -840,6 +861,13 @@ if __name__ != "__main__":
         _assert_good_result(r)
         img = r["result"]["image"]
         assert img["red_frac"] > 0.15 and img["blue_frac"] > 0.15, img  # the colour attribute reached the bake
+
+    def test_bake_text_object(remote):
+        r = remote["bake_text"]
+        assert r["ret"] == ["FINISHED"], r
+        res = r["result"]
+        assert res["collections"] == ["Kiln"] and res["uv_layers"] >= 1 and res["image"] is not None
+        assert _close(res["matrix"], res["source_matrix"], 1e-5) and res["faces"] < res["source_tris"]
 
     def test_async_path_never_blocks(remote):
         r = remote["async_bake"]
