@@ -69,6 +69,7 @@ class FakeEngine:
         self.result = result
         self.health_body = health or {"version": "0.1.0", "api_version": "v1", "backends": ["cpu"], "gpus": [], "workers": [{"state": "idle"}], "queue": 0}
         self.delay = delay
+        self.slow_polls = 0  # this many job GETs answer only after 1 s
         self.routes: dict = {}
         self.uploads: list = []
         self.requests: list = []  # (method, path, headers)
@@ -122,6 +123,11 @@ class FakeEngine:
                     if not any(u["id"] == jid for u in fake.uploads) or jid in fake.deleted:
                         return self._send(404, {"error": {"code": "not_found", "message": f"no job {jid}", "hint": ""}})
                     if len(parts) == 3 and method == "GET":
+                        with fake._lock:
+                            slow = fake.slow_polls > 0
+                            fake.slow_polls -= 1
+                        if slow:
+                            time.sleep(1.0)
                         with fake._lock:
                             i = fake._polls.get(jid, 0)
                             fake._polls[jid] = i + 1
@@ -322,6 +328,28 @@ def test_job_timeout_cancels_on_the_engine():
         with pytest.raises(kc.EngineError) as ei:
             c.wait(jid, poll_interval=0.01, timeout=0.1)
         assert ei.value.code == "job_timeout" and fe.cancelled == [jid]
+
+
+def test_slow_polls_are_retried_then_given_up():
+    with FakeEngine() as fe:
+        c = kc.EngineClient(fe.url, timeout=0.3)
+        jid = c.submit(b"x", "a.glb", {})
+        fe.slow_polls = 2
+        assert c.wait(jid, poll_interval=0.01)["state"] == "succeeded"
+        jid = c.submit(b"x", "a.glb", {})
+        fe.slow_polls = 10
+        with pytest.raises(kc.EngineError) as ei:
+            c.wait(jid, poll_interval=0.01, max_retries=2)
+        assert ei.value.code == "engine_timeout"
+
+
+def test_upload_over_the_engine_limit_is_refused_before_sending(tmp_path):
+    src = tmp_path / "big.glb"
+    src.write_bytes(b"\0" * 5000)
+    with FakeEngine(health={"version": "0.1.0", "limits": {"max_upload_bytes": 4000}}) as fe:
+        final = kj.run_blocking(kj.JobTask(kl.EngineManager(), _remote(fe), kj.JobSpec("bake", str(src), "b.glb", {}, str(tmp_path / "j"))), lambda ev: None)
+        assert final.kind == kj.ERROR and final.data.code == "upload_too_large" and "--max-upload-mb" in final.data.hint
+        assert fe.uploads == []
 
 
 def test_unreachable_engine_is_a_clear_error():

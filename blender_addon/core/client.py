@@ -353,6 +353,7 @@ class EngineClient:
         poll_interval: float = 0.5,
         timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_retries: int = 3,
     ) -> dict:
         """Poll a job until it ends. Returns the final job on success; raises
         :class:`EngineError` when it failed and :class:`JobCancelled` when it
@@ -360,6 +361,7 @@ class EngineClient:
         cancel (once) and keeps polling until the engine confirms."""
         t0 = time.monotonic()
         cancel_sent = False
+        misses = 0
         while True:
             if should_cancel is not None and not cancel_sent and should_cancel():
                 try:
@@ -368,7 +370,16 @@ class EngineClient:
                     if e.status != 409:  # 409: already finished, the next poll tells how
                         raise
                 cancel_sent = True
-            job = self.job(job_id)
+            try:
+                job = self.job(job_id)
+                misses = 0
+            except EngineError as e:
+                # A slow answer on a busy or distant engine is retried a few times; a refused connection is not.
+                misses += 1
+                if e.code != "engine_timeout" or misses > max_retries:
+                    raise
+                sleep(poll_interval)
+                continue
             if on_update is not None:
                 on_update(job)
             state = job.get("state")

@@ -202,6 +202,15 @@ class JobTask(Task):
                 hint="update the engine, or connect to one that has it",
                 code="unsupported_kind",
             )
+        limit = (health.get("limits") or {}).get("max_upload_bytes") if isinstance(health.get("limits"), dict) else None
+        size = sum(os.path.getsize(p) for p in [spec.upload] + [f[2] for f in spec.extra_files])
+        if isinstance(limit, (int, float)) and limit > 0 and size > limit:
+            # Checked here because a server refusing mid-upload often just resets the connection.
+            raise EngineError(
+                f"the upload is {size / 1e6:.1f} MB but this engine accepts at most {limit / 1e6:.1f} MB",
+                hint="lower the source's resolution (e.g. a Decimate modifier) or start the engine with a larger --max-upload-mb",
+                code="upload_too_large",
+            )
         self.progress("uploading", "upload", 0.0, "")
         options = dict(spec.options)
         options["kind"] = spec.kind
