@@ -158,3 +158,36 @@ def test_closed_mesh_with_inverted_winding_is_oriented_outward(tmp_path):
     t = res.vertices[res.faces].astype(np.float64)
     vol = np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6
     assert vol > 0 and r.report["winding_flipped"]
+
+
+def test_cuda_requested_without_gpu_is_a_clear_error(meshes_dir, tmp_path, kiln_env):
+    from engine.backend import cuda_status
+
+    if cuda_status()[0]:
+        pytest.skip("this machine has a usable GPU")
+    p = subprocess.run([sys.executable, "-m", "engine", "bake", str(meshes_dir / "BoxTextured.glb"), "-o", str(tmp_path / "o.glb"),
+                        "--device", "cuda", "-q"], capture_output=True, text=True, env=kiln_env, timeout=300)
+    assert p.returncode == 3, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CUDA backend unavailable" in lines[0] and "kiln doctor" in lines[0]
+    assert not (tmp_path / "o.glb").exists()
+
+
+def test_auto_device_falls_back_to_cpu(tmp_path):
+    from engine.backend import cuda_status
+
+    v, f = uv_sphere(12, 24)
+    p = tmp_path / "s.glb"
+    p.write_bytes(make_glb(v, f, colors=np.full((len(v), 3), 0.5, np.float32)))
+    r = bake(p, tmp_path / "o.glb", BakeOptions(faces=100, texture_size=64, device="auto"))
+    assert r.report["backend"] == ("cuda" if cuda_status()[0] else "cpu")
+    assert r.report["backend_reason"].startswith("auto")
+
+
+def test_supersample_1_point_sampling_still_works(tmp_path):
+    v, f = uv_sphere(12, 24)
+    p = tmp_path / "s.glb"
+    p.write_bytes(make_glb(v, f, colors=np.full((len(v), 3), 0.214, np.float32)))
+    r = bake(p, tmp_path / "o.glb", BakeOptions(faces=100, texture_size=64, device="cpu", supersample=1))
+    assert r.report["bake"]["supersample"] == 1
+    assert np.abs(r.texture.astype(int) - 128).max() <= 2
