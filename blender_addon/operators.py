@@ -4,7 +4,7 @@ Interactive Blender: the operator exports the source (main thread), starts
 the job on a worker thread and returns at once; a timer imports the result.
 Background mode (``blender -b``, bpy as a module; no timers fire): the
 operator blocks until the job ends and returns {'FINISHED'} with the new
-object active, or {'CANCELLED'} with an error report.
+object active, or {'CANCELLED'} with a warning report (see _reporter).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bpy.props import EnumProperty, StringProperty
 
 from . import scene_io, state
 from .core.client import EngineError
-from .core.jobs import CANCELLED, DONE, JobSpec
+from .core.jobs import DONE, JobSpec
 
 RUN_MODES = [
     ("AUTO", "Auto", "Block in background mode (scripts), run in the background otherwise"),

@@ -8,7 +8,6 @@ queues on the main thread while anything runs.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time

@@ -69,7 +69,10 @@ def draw_engine_status(layout, context) -> None:
         if kinds:
             box.label(text="jobs: " + ", ".join(kinds))
         doc = rt.engine_info.get("doctor")
+        if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+            _wrapped(box, "doctor: " + str(doc["error"].get("message", "")), context, icon="INFO")
         if isinstance(doc, dict) and isinstance(doc.get("checks"), list):
+            box.label(text=f"kiln doctor: {doc.get('status', '?')}")
             for c in doc["checks"]:
                 if not isinstance(c, dict):
                     continue

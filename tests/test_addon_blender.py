@@ -939,6 +939,8 @@ if __name__ != "__main__":
         assert not any(c[0] == "progress" for c in r["running_no_progress_api"])
         assert "bake" in _labels(r["running_no_progress_api"]) and "%" in _labels(r["running_no_progress_api"])
         assert "engine 0.1" in _labels(r["engine_panel"]) or "engine " in _labels(r["engine_panel"])
+        if remote["check"]["doctor_type"] == "dict":  # the engine has /v1/doctor: its checks are listed
+            assert "kiln doctor:" in _labels(r["engine_panel"]) and "PyTorch" in _labels(r["engine_panel"])
         assert any(c[0] == "operator" and c[1] == ["kiln.image_to_3d"] for c in r["image_panel"])
         assert any(c[0] == "operator" and c[1] == ["kiln.check_engine"] for c in r["prefs"])
 

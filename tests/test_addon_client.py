@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import zipfile
