@@ -186,8 +186,9 @@ class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
                     raise EngineError(f"mask file {mask_path!r} not found", hint="choose an existing mask image or set Mask to Alpha / Auto", code="no_mask")
             elif s.mask_source == "IMAGE":
                 mask_path = scene_io.image_file_for_upload(s.mask_image, workdir, "mask")
+            extra = []
             if mask_path:
-                img_path = scene_io.compose_mask_into_alpha(img_path, mask_path, workdir)
+                extra.append(("mask", "mask" + (os.path.splitext(mask_path)[1].lower() or ".png"), mask_path, scene_io.content_type_for(mask_path)))
         except EngineError as e:
             shutil.rmtree(workdir, ignore_errors=True)
             return self._fail(e)
@@ -201,6 +202,7 @@ class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
             self._options(s),
             workdir,
             scene_io.content_type_for(img_path),
+            extra_files=extra,
             label=label,
         )
 

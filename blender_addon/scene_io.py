@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-from array import array
 
 import bpy
 
@@ -317,53 +316,3 @@ def image_file_for_upload(image, workdir: str, stem: str) -> str:
         bpy.data.images.remove(copy)
     return out
 
-
-def _load_image(path: str, what: str):
-    try:
-        return bpy.data.images.load(path, check_existing=False)
-    except RuntimeError as e:
-        raise EngineError(f"cannot read the {what} {path!r}: {e}", hint="use a PNG, JPEG, TIFF or EXR file", code="bad_image") from None
-
-
-def compose_mask_into_alpha(image_path: str, mask_path: str, workdir: str) -> str:
-    """Write the photo as an RGBA PNG whose alpha is the mask (any non-black
-    mask pixel = foreground). The engine takes one file per job and reads a
-    cut-out's alpha as its foreground, so this is how a separate mask travels."""
-    img = _load_image(image_path, "image")
-    mask = _load_image(mask_path, "mask")
-    out_img = None
-    try:
-        w, h = img.size
-        if w == 0 or h == 0:
-            raise EngineError(f"the image {image_path!r} has no pixels", hint="choose another image", code="bad_image")
-        if tuple(mask.size) != (w, h):
-            raise EngineError(
-                f"the mask is {mask.size[0]}x{mask.size[1]} pixels but the image is {w}x{h}",
-                hint="the mask must have exactly the image's size (white = object, black = background)",
-                code="mask_size_mismatch",
-            )
-        n = w * h * 4
-        px = array("f", bytes(4 * n))
-        img.pixels.foreach_get(px)
-        mk = array("f", bytes(4 * n))
-        mask.pixels.foreach_get(mk)
-        r, g, b = mk[0::4], mk[1::4], mk[2::4]
-        if r == g == b and set(r) <= {0.0, 1.0}:
-            alpha = r  # black/white mask: copy at C speed
-        else:
-            alpha = array("f", (1.0 if (x > 0.0 or y > 0.0 or z > 0.0) else 0.0 for x, y, z in zip(r, g, b)))
-        if not any(alpha):
-            raise EngineError("the mask is empty (all black)", hint="paint the object white in the mask, or set Mask to Alpha / Auto", code="empty_mask")
-        px[3::4] = alpha
-        out_img = bpy.data.images.new("kiln_upload", w, h, alpha=True, float_buffer=img.is_float)
-        out_img.colorspace_settings.name = img.colorspace_settings.name
-        out_img.pixels.foreach_set(px)
-        out = os.path.join(workdir, "image_masked.png")
-        out_img.filepath_raw = out
-        out_img.file_format = "PNG"
-        out_img.save()
-        return out
-    finally:
-        for im in (img, mask, out_img):
-            if im is not None:
-                bpy.data.images.remove(im)

@@ -46,6 +46,7 @@ class Runtime:
         self.engine_error: Optional[EngineError] = None  # last failed check
         self.last_error: Optional[EngineError] = None
         self.last_info: str = ""
+        self.last_report: Optional[dict] = None  # the engine's report of the last finished job
         self.notes: list = []
         self.timer_on = False
 
@@ -128,6 +129,7 @@ def _apply_job_event(job: ActiveJob, ev) -> Optional[tuple]:
             return ("ERROR", f"Kiln: {rt.last_error.full_text()}")
         set_error(None)
         rt.last_info = info
+        rt.last_report = ev.data.get("report")
         shutil.rmtree(job.workdir, ignore_errors=True)
         return ("INFO", f"Kiln: {info}")
     if ev.kind == ERROR:

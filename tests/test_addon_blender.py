@@ -501,27 +501,29 @@ def sc_image_to_3d(cfg):
     new = bpy.data.objects.get("image_kiln")
     if new is not None:
         r["result"] = _describe_result(new)
+        r["foreground"] = ((st.rt.last_report or {}).get("reconstruct") or {}).get("foreground")
+    # the mask as an image datablock (uploaded as its file) and a mask of the wrong size
+    _clear_scene()
+    s = _scene_defaults()
+    s.image_source, s.image_path = "FILE", str(IMAGES / "human_object" / "image.png")
+    s.mask_source, s.mask_image = "IMAGE", bpy.data.images.load(str(IMAGES / "human_object" / "0.png"))
+    r["datablock_mask"] = _run_op(bpy.ops.kiln.image_to_3d)
+    r["datablock_mask"]["foreground"] = ((st.rt.last_report or {}).get("reconstruct") or {}).get("foreground")
+    tiny = bpy.data.images.new("tiny_mask", 8, 8)
+    tiny.generated_color = (1.0, 1.0, 1.0, 1.0)
+    s.mask_image = tiny
+    r["bad_mask"] = _run_op(bpy.ops.kiln.image_to_3d)
+    r["bad_mask"].update(_error_state())
     return r
 
 
-def sc_mask_compose(cfg):
-    """The photo + mask file become one RGBA PNG whose alpha is the mask (no engine needed)."""
+def sc_image_uploads(cfg):
+    """Image datablocks travel as their file, their packed bytes, or a PNG of their pixels (no engine needed)."""
     import bpy
 
     scene_io = sys.modules[ADDON + ".scene_io"]
     work = tempfile.mkdtemp()
-    out = scene_io.compose_mask_into_alpha(str(IMAGES / "human_object" / "image.png"), str(IMAGES / "human_object" / "0.png"), work)
-    img = bpy.data.images.load(out)
-    mask = bpy.data.images.load(str(IMAGES / "human_object" / "0.png"))
-    a = list(img.pixels)[3::4]
-    m = list(mask.pixels)[0::4]
-    agree = sum(1 for x, y in zip(a, m) if (x > 0.5) == (y > 0.5)) / len(m)
-    r = {"size": list(img.size), "mask_size": list(mask.size), "agree": agree, "fg": sum(1 for x in a if x > 0.5) / len(a)}
-    try:
-        scene_io.compose_mask_into_alpha(str(IMAGES / "human_object" / "image.png"), os.path.join(work, "no-such-mask.png"), work)
-    except Exception as e:
-        r["missing_mask_error"] = getattr(e, "code", e.__class__.__name__)
-    # image datablocks travel as their file, their packed bytes, or a PNG of their pixels
+    r = {}
     src = IMAGES / "human_object" / "0.png"
     on_disk = bpy.data.images.load(str(src))
     r["file_upload_is_source"] = scene_io.image_file_for_upload(on_disk, work, "a") == str(src)
@@ -799,7 +801,7 @@ if __name__ != "__main__":
     def remote(addon_zip, engine_service, tmp_path_factory):
         return run_driver(
             addon_zip, tmp_path_factory,
-            ["check", "poll", "draw", "bake_textured", "bake_modifier", "bake_vertex_colour", "bake_text", "async_bake", "cancel", "fault", "bad_option", "unreachable", "mask_compose", "image_to_3d"],
+            ["check", "poll", "draw", "bake_textured", "bake_modifier", "bake_vertex_colour", "bake_text", "async_bake", "cancel", "fault", "bad_option", "unreachable", "image_uploads", "image_to_3d"],
             {"engine_mode": "REMOTE", "engine_url": engine_service["url"], "token": engine_service["token"], "timeout": 10.0},
             {"dead_url": f"http://127.0.0.1:{_free_port()}"},
         )
@@ -907,10 +909,8 @@ if __name__ != "__main__":
         assert r["check"]["ret"] == ["CANCELLED"] and r["check_error"]["code"] == "engine_unreachable"
         assert r["objects"] == ["Painted"]
 
-    def test_mask_becomes_alpha(remote):
-        r = remote["mask_compose"]
-        assert r["size"] == r["mask_size"] and r["agree"] == 1.0 and 0.01 < r["fg"] < 0.99
-        assert r["missing_mask_error"] == "bad_image"
+    def test_image_datablock_uploads(remote):
+        r = remote["image_uploads"]
         assert r["file_upload_is_source"] and r["packed_upload"] == ["b.png", True]
         assert r["generated_upload"] == ["c.png", [32, 16], [1.0, 0.0, 0.0, 1.0]]
 
@@ -923,6 +923,11 @@ if __name__ != "__main__":
         res = r["result"]
         assert res["collections"] == ["Kiln"] and res["uv_layers"] >= 1 and res["image"] is not None
         assert _close([res["matrix"][i][3:] for i in range(3)], [[2.0], [-1.0], [0.5]], 1e-5)  # at the 3D cursor
+        assert r["foreground"]["source"] == "mask"  # the mask file was uploaded and used
+        assert r["datablock_mask"]["ret"] == ["FINISHED"] and r["datablock_mask"]["foreground"]["source"] == "mask"
+        b = r["bad_mask"]
+        assert b["ret"] == ["CANCELLED"] and "exception" not in b
+        assert "8x8" in b["error"]["message"] and b["error"]["hint"]
 
     def _labels(calls):
         return " | ".join(" ".join(c[1]) + " " + c[2].get("text", "") for c in calls)
