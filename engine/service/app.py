@@ -171,7 +171,10 @@ def parse_job_options(text: Optional[str], allow_fault: bool, recon_keys: Option
     try:
         opts = BakeOptions.from_dict(data)
     except InputError as e:
-        raise ApiError(422, e.code, e.message, e.hint or OPTIONS_HINT)
+        hint = e.hint or OPTIONS_HINT
+        if hint.startswith("allowed: "):
+            hint += ", kind (bake | reconstruct)"
+        raise ApiError(422, e.code, e.message, hint)
     except (TypeError, ValueError, OverflowError) as e:
         raise ApiError(422, "bad_option", f"invalid options: {str(e)[:200]}", OPTIONS_HINT)
     return {"kind": kind, "fault": fault, "reconstruct": recon, "options": opts.to_dict()}
