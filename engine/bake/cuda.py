@@ -73,7 +73,21 @@ def texel_geometry(vertices, faces, uv, S, device):
     return mask, pos[mask], n
 
 
-def chunk_size(n_texels: int, res: int, n_src_verts: int, budget_bytes: float = 1.5e9) -> int:
+MEM_BUDGET = 1.5e9  # bytes of GPU memory the gather's per-chunk tensors may take
+
+
+class _SubProgress:
+    """Maps a gather's 0..1 progress into [lo, hi] of the bake stage."""
+
+    def __init__(self, progress, lo, hi):
+        self.p, self.lo, self.hi = progress, lo, hi
+
+    def update(self, f, msg=""):
+        if self.p is not None:
+            self.p.update(self.lo + (self.hi - self.lo) * f, msg)
+
+
+def chunk_size(n_texels: int, res: int, n_src_verts: int, budget_bytes: float = MEM_BUDGET) -> int:
     # per view in a chunk: the rendered image (rast/ids/depth) and ~10 (T, 3) float tensors of the texel projection
     per_view = res * res * 4 * 12 + n_texels * 160 + n_src_verts * 16
     return int(max(1, min(16, budget_bytes // max(per_view, 1))))
@@ -211,15 +225,28 @@ def bake_cuda(src, vertices, faces, uv, options, progress, view_renderer=None, d
         cams = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
         diag = float(np.linalg.norm(src.vertices.max(0) - src.vertices.min(0)))
         tol = float(options.cage) * diag
-        chunk = chunk_size(int(P.shape[0]), options.view_resolution, len(src.vertices))
+        T = int(P.shape[0])
+        # texels in blocks so that at least 4 views of a block fit the memory budget (large textures)
+        block = max(1, min(T, int(MEM_BUDGET // (160 * 4))))
+        chunk = chunk_size(min(T, block), options.view_resolution, len(src.vertices))
         method = "cuda-nvdiffrast-texel-gather"
-        if view_renderer is None and GATHER_MODE == "exact":
+        exact = view_renderer is None and GATHER_MODE == "exact"
+        if exact:
             method += "-exact"
-            acc, wsum = gather_exact(GpuMesh(src, device), cams, P, N, tol, device, progress, chunk=chunk)
-        else:
-            if view_renderer is None:
-                view_renderer = mesh_view_renderer(src, device)
-            acc, wsum = gather(view_renderer, cams, P, N, tol, device, progress, chunk=chunk)
+            gm = GpuMesh(src, device)
+        elif view_renderer is None:
+            view_renderer = mesh_view_renderer(src, device)
+        acc = torch.zeros((T, 3), device=device)
+        wsum = torch.zeros((T,), device=device)
+        for b0 in range(0, T, block):
+            b1 = min(T, b0 + block)
+            sub = _SubProgress(progress, b0 / T, b1 / T)
+            if exact:
+                a, w = gather_exact(gm, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk)
+            else:
+                a, w = gather(view_renderer, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk)
+            acc[b0:b1] = a
+            wsum[b0:b1] = w
         hit = wsum > 0
         cols = torch.where(hit[:, None], acc / wsum.clamp_min(1e-12)[:, None], torch.zeros_like(acc))
         tex = torch.zeros((S, S, 3), device=device)
@@ -232,6 +259,7 @@ def bake_cuda(src, vertices, faces, uv, options, progress, view_renderer=None, d
             "views": len(cams),
             "view_resolution": options.view_resolution,
             "view_chunk": chunk,
+            "texel_blocks": (T + block - 1) // block,
             "texels_in_charts": int(mask.sum()),
             "texels_hit": int(hit.sum()),
             "cos_power": COS_POWER,

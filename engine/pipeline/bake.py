@@ -98,7 +98,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     prog.end()
 
     prog.begin("bake", f"{be.name} backend")
-    k = options.supersample
+    k = options.supersample if options.texture_size * options.supersample <= 8192 else 1  # 8K textures: point sampling
     sample_opts = dataclasses.replace(options, texture_size=options.texture_size * k)
     if splats is not None:
         from engine.bake.cuda import bake_cuda
