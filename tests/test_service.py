@@ -337,6 +337,26 @@ def test_worker_crashes_fail_only_their_job(server, http):
     assert wait_job(http, server.url, nxt)["state"] == "succeeded"
 
 
+def test_worker_killed_from_outside_busy_or_idle(server, http):
+    """What the OOM killer does: SIGKILL. A busy worker fails its job (with the OOM hint); an idle one is
+    simply replaced."""
+    workers = wait_workers_idle(http, server.url)
+    os.kill(workers[0]["pid"], signal.SIGKILL)  # idle
+    jid = submit_ok(http, server.url, icosphere_glb(), {**FAST, "fault": "hang@unwrap"})
+    j = wait_job(http, server.url, jid, pred=lambda j: j["state"] == "running" and j["stage"] == "unwrap")
+    busy = next(w for w in http.get(server.url + "/v1/health", timeout=30).json()["workers"] if w["id"] == j["worker"])
+    assert busy["job"] == jid and busy["state"] == "busy"
+    os.kill(busy["pid"], signal.SIGKILL)
+    j = wait_job(http, server.url, jid)
+    assert j["state"] == "failed" and j["error"]["signal"] == "SIGKILL" and j["error"]["stage"] == "unwrap", j
+    assert "out-of-memory" in j["error"]["hint"]
+    after = {w["id"]: w for w in wait_workers_idle(http, server.url)}
+    assert after[0]["pid"] != workers[0]["pid"] and after[0]["restarts"] > workers[0]["restarts"]
+    assert after[0]["last_exit"]
+    ok = [submit_ok(http, server.url, icosphere_glb(), FAST) for _ in range(2)]
+    assert all(wait_job(http, server.url, x)["state"] == "succeeded" for x in ok)
+
+
 def test_python_exception_in_worker_is_a_failed_job_without_restart(server, http):
     workers = wait_workers_idle(http, server.url)
     pids = {w["id"]: w["pid"] for w in workers}
@@ -782,3 +802,30 @@ def test_property_based_requests_never_get_5xx(server, http):
     for j in http.get(url + "/v1/jobs", timeout=30).json()["jobs"]:  # leave no work behind
         if j["state"] in ("queued", "running"):
             http.post(f"{url}/v1/jobs/{j['id']}/cancel", timeout=30)
+
+
+@pytest.mark.cuda
+def test_cuda_workers_one_per_gpu(tmp_path, http):
+    """On a GPU machine: one worker per GPU, each pinned with CUDA_VISIBLE_DEVICES; cuda bakes work, and a
+    crash in a CUDA worker fails only its job."""
+    srv = Server(["--allow-fault-injection"], tmp_path, name="cuda")
+    try:
+        assert srv.ready["gpus"] and srv.ready["workers"] == len(srv.ready["gpus"])
+        workers = wait_workers_idle(http, srv.url, timeout=300)
+        h = http.get(srv.url + "/v1/health", timeout=30).json()
+        assert "cuda" in h["backends"] and h["cuda"]["available"] and h["gpus"]
+        for w in workers:  # each worker sees exactly its own GPU
+            assert w["cuda_visible_devices"] == w["gpu"]["id"] and len(w["gpu_names"]) == 1, w
+        assert "libtorch" not in _mapped_libs(srv.pid) and "libcuda" not in _mapped_libs(srv.pid)
+        opts = {"faces": 500, "texture_size": 256, "device": "cuda", "views": 16, "view_resolution": 256}
+        jid = submit_ok(http, srv.url, noisy_glb(3), opts)
+        j = wait_job(http, srv.url, jid, timeout=300)
+        assert j["state"] == "succeeded", j
+        assert http.get(f"{srv.url}/v1/jobs/{jid}/report", timeout=30).json()["backend"] == "cuda"
+        bad = submit_ok(http, srv.url, noisy_glb(3), {**opts, "fault": "segfault@bake"})
+        j = wait_job(http, srv.url, bad, timeout=300)
+        assert j["state"] == "failed" and j["error"]["signal"] == "SIGSEGV", j
+        again = submit_ok(http, srv.url, noisy_glb(3), opts)
+        assert wait_job(http, srv.url, again, timeout=300)["state"] == "succeeded"
+    finally:
+        assert srv.stop() == 0, srv.log()

@@ -197,6 +197,7 @@ class WorkerSlot:
             "last_exit": self.last_exit,
             "backends": info.get("backends"),
             "gpu_names": info.get("gpu_names"),
+            "cuda_visible_devices": info.get("cuda_visible_devices"),
         }
 
     # -- process management ---------------------------------------------------------------------

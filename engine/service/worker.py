@@ -50,7 +50,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def _probe() -> dict:
-    info: dict = {"pid": os.getpid(), "python": sys.version.split()[0]}
+    info: dict = {"pid": os.getpid(), "python": sys.version.split()[0], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     try:
         from engine import __version__
 
