@@ -682,7 +682,7 @@ def test_token_auth(token_server, http):
 
 def test_non_loopback_without_token_refuses_to_start(tmp_path, kiln_env):
     env = {k: v for k, v in kiln_env.items() if k != "KILN_TOKEN"}
-    for args in (["--host", "0.0.0.0"], ["--host", "::"], ["--host", "192.0.2.1"]):
+    for args in (["--host", "0.0.0.0"], ["--host", "::"], ["--host", "192.0.2.1"], ["--host", "0.0.0.0", "--token", " "]):
         r = subprocess.run([sys.executable, "-m", "engine", "serve", "--port", "0", *args], capture_output=True, text=True,
                            env=env, timeout=60, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
@@ -694,6 +694,12 @@ def test_non_loopback_without_token_refuses_to_start(tmp_path, kiln_env):
     r = subprocess.run([sys.executable, "-m", "engine", "serve", "--token", "a", "--token-file", "b"], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 2
+
+
+def _engine_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 def _gone(pid: int) -> bool:
@@ -732,6 +738,9 @@ def test_sigterm_shutdown_cancels_jobs_and_ends_workers(tmp_path, http):
     try:
         listed = http.get(srv2.url + "/v1/jobs", timeout=30).json()["jobs"]
         assert {j["id"]: j["state"] for j in listed} == states
+        r = subprocess.run([sys.executable, "-m", "engine", "serve", "--data-dir", str(data)], capture_output=True, text=True,
+                           timeout=60, env=_engine_env(), cwd=tmp_path)
+        assert r.returncode == 2 and "another `kiln serve`" in r.stderr  # one service per data dir
     finally:
         assert srv2.stop(signal.SIGINT) == 0, srv2.log()
 

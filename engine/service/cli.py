@@ -62,9 +62,8 @@ def is_loopback(host: str) -> bool:
 
 def _read_token(args) -> tuple[str | None, str | None]:
     """(token, error)."""
-    if args.token is not None:
-        tok = args.token.strip()
-        return (tok, None) if tok else (None, "--token is empty")
+    if args.token is not None and args.token.strip():
+        return args.token.strip(), None  # (an empty --token means none: loopback only, see run())
     if args.token_file:
         try:
             tok = Path(args.token_file).expanduser().read_text().strip()
@@ -103,6 +102,21 @@ def _url_host(sock: socket.socket, host: str) -> str:
     return f"[{addr}]" if ":" in addr else addr
 
 
+def _lock_data_dir(data_dir: Path):
+    """An exclusive lock on <data-dir>/.lock for the life of the process (None: held by another service)."""
+    f = open(data_dir / ".lock", "a+")
+    try:
+        import fcntl
+
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - no fcntl (Windows): no lock
+        pass
+    except OSError:
+        f.close()
+        return None
+    return f
+
+
 def _log_config(level: str) -> dict:
     import uvicorn.config
 
@@ -115,8 +129,11 @@ def _log_config(level: str) -> dict:
 
 
 def _event(**fields) -> None:
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # whoever started us stopped reading; the service goes on
 
 
 def run(args) -> int:
@@ -156,6 +173,10 @@ def run(args) -> int:
             return _fail(f"cannot use --data-dir {data_dir}: {e.strerror or e}", "pass a folder this user can write to")
     else:
         temp_dir = data_dir = Path(tempfile.mkdtemp(prefix="kiln-serve-"))
+    lock = _lock_data_dir(data_dir)
+    if lock is None:
+        sock.close()
+        return _fail(f"another `kiln serve` is using the data dir {data_dir}", "give each service its own --data-dir")
 
     import uvicorn
 
@@ -229,6 +250,7 @@ def run(args) -> int:
         except OSError:
             pass
         sup.shutdown(timeout=config.cancel_grace + 20)
+        lock.close()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
         _event(event="stopped", pid=os.getpid(), signal=signal.Signals(stop["signal"]).name if stop["signal"] else None)
