@@ -120,6 +120,7 @@ def _apply_job_event(job: ActiveJob, ev) -> Optional[tuple]:
             info = job.on_done(ev.data)
         except EngineError as e:
             set_error(e)
+            shutil.rmtree(job.workdir, ignore_errors=True)
             return ("ERROR", f"Kiln: {e.full_text()}")
         except Exception as e:  # import failed in Blender: report, keep the files for inspection
             import traceback

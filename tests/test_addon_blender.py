@@ -961,12 +961,12 @@ if __name__ != "__main__":
         if not _service_available():
             pytest.skip("`kiln serve` is not available in this checkout")
         r = run_driver(addon_zip, tmp_path_factory, ["lifecycle"], {"engine_mode": "LOCAL", "start_timeout": 120.0})["lifecycle"]
-        assert r["bake1"]["ret"] == ["FINISHED"], r
+        assert r["bake1"]["ret"] == ["FINISHED"], r["bake1"]
         assert r["pid"] and r["alive_before_disable"] and r["engine_children"] >= 1
         assert r["alive_after_disable"] == [] and r["threads_after_disable"] == [] and not r["timer_after_disable"]
         assert r["ops_after_disable"] is False
-        assert r["bake2"]["ret"] == ["FINISHED"] and r["pid2"] and r["pid2"] != r["pid"], r
-        assert r["bake3"]["ret"] == ["FINISHED"], r
+        assert r["bake2"]["ret"] == ["FINISHED"] and r["pid2"] and r["pid2"] != r["pid"], r["bake2"]
+        assert r["bake3"]["ret"] == ["FINISHED"], (r["bake3"], r["notes"])
         assert any("had stopped" in n and "SIGKILL" in n for n in r["notes"]), r["notes"]
         assert r["pid3"] != r["pid2"] and r["orphans_of_killed_engine"] == []
         assert r["alive_after_disable2"] == [] and r["threads_after_disable2"] == [] and r["children_of_blender"] == []

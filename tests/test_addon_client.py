@@ -12,6 +12,7 @@ import email.parser
 import email.policy
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -459,7 +460,7 @@ sys.path.insert(0, {tests!r})
 args = sys.argv[1:]
 assert args[0] == "serve", args
 token = args[args.index("--token") + 1]
-mode = os.environ.get("FAKE_MODE", "ok")
+mode = open(os.environ["FAKE_MODE_FILE"]).read().strip() if os.environ.get("FAKE_MODE_FILE") else os.environ.get("FAKE_MODE", "ok")
 if mode == "fail":
     print("Traceback ...\\nRuntimeError: CUDA driver too old", file=sys.stderr, flush=True)
     sys.exit(3)
@@ -526,6 +527,7 @@ def test_local_engine_start_env_token_stop(fake_engine_pkg, tmp_path):
     cmd = mgr.local.proc.args
     assert cmd[:4] == [sys.executable, "-m", "engine", "serve"] and "--port" in cmd and cmd[cmd.index("--port") + 1] == "0"
     assert c.token and cmd[cmd.index("--token") + 1] == c.token  # fresh token, used by the client
+    assert re.fullmatch(r"[0-9a-f]{48}", c.token)  # never starts with "-" (argparse would take it for an option)
     assert len(c.jobs()) == 0  # authorised request works
     c2 = mgr.client(settings)  # reused, not restarted
     assert mgr.local_pid == pid and c2.base_url == c.base_url
@@ -548,6 +550,25 @@ def test_local_engine_died_is_restarted_with_a_note(fake_engine_pkg, tmp_path):
         mgr.client(settings, notes)
         assert mgr.local.pid != first
         assert len(notes) == 1 and "had stopped" in notes[0] and "exited with code 0" in notes[0]
+    finally:
+        mgr.stop()
+
+
+def test_failed_restart_still_says_the_engine_had_died(fake_engine_pkg, tmp_path):
+    mode = tmp_path / "mode"
+    mode.write_text("ok")
+    settings = kl.EngineSettings(mode="LOCAL", python_path=sys.executable, extra_env=f"PYTHONPATH={fake_engine_pkg};FAKE_MODE_FILE={mode}", start_timeout=30)
+    mgr = kl.EngineManager(log_dir=str(tmp_path / "logs"))
+    try:
+        assert kj.run_blocking(kj.CheckTask(mgr, settings, doctor=False), lambda ev: None).kind == kj.DONE
+        mgr.local.proc.kill()
+        mgr.local.proc.wait(10)
+        mode.write_text("fail")
+        events = []
+        final = kj.run_blocking(kj.CheckTask(mgr, settings, doctor=False), events.append)
+        assert final.kind == kj.ERROR and final.data.code == "engine_start_failed"
+        notes = [e.data for e in events if e.kind == kj.NOTE]
+        assert len(notes) == 1 and "killed by SIGKILL" in notes[0]
     finally:
         mgr.stop()
 

@@ -96,10 +96,11 @@ class Task:
         else:
             self.progress("connecting", "engine", 0.0, "connecting to the engine")
         notes: list = []
-        client = self.manager.client(self.settings, notes, should_cancel=self._cancel.is_set)
-        for n in notes:
-            self.post(NOTE, n)
-        return client
+        try:
+            return self.manager.client(self.settings, notes, should_cancel=self._cancel.is_set)
+        finally:
+            for n in notes:  # also when the restart failed: the artist learns the engine had died
+                self.post(NOTE, n)
 
     def _main(self) -> None:
         try:

@@ -136,7 +136,7 @@ class LocalEngine:
                 code="no_python",
             )
         self.python = python
-        self.token = secrets.token_urlsafe(24)
+        self.token = secrets.token_hex(24)  # hex: a token starting with "-" would read as an option
         env = engine_environment(self.extra_env)
         os.makedirs(self.log_dir, exist_ok=True)
         out = open(self.stdout_path, "wb")
