@@ -517,21 +517,23 @@ def test_parse_env_text():
 def test_local_engine_start_env_token_stop(fake_engine_pkg, tmp_path):
     settings = kl.EngineSettings(mode="LOCAL", python_path=sys.executable, extra_env=f"PYTHONPATH={fake_engine_pkg};KILN_TEST_VAR=hello world", start_timeout=30)
     mgr = kl.EngineManager(log_dir=str(tmp_path / "logs"))
-    notes = []
-    c = mgr.client(settings, notes)
-    assert notes == []
-    h = c.health()
-    assert h["env"] == "hello world" and h["version"] == "fake"
-    pid = mgr.local_pid
-    assert pid == h["pid"] and _alive(pid)
-    cmd = mgr.local.proc.args
-    assert cmd[:4] == [sys.executable, "-m", "engine", "serve"] and "--port" in cmd and cmd[cmd.index("--port") + 1] == "0"
-    assert c.token and cmd[cmd.index("--token") + 1] == c.token  # fresh token, used by the client
-    assert re.fullmatch(r"[0-9a-f]{48}", c.token)  # never starts with "-" (argparse would take it for an option)
-    assert len(c.jobs()) == 0  # authorised request works
-    c2 = mgr.client(settings)  # reused, not restarted
-    assert mgr.local_pid == pid and c2.base_url == c.base_url
-    mgr.stop()
+    try:
+        notes = []
+        c = mgr.client(settings, notes)
+        assert notes == []
+        h = c.health()
+        assert h["env"] == "hello world" and h["version"] == "fake"
+        pid = mgr.local_pid
+        assert pid == h["pid"] and _alive(pid)
+        cmd = mgr.local.proc.args
+        assert cmd[:4] == [sys.executable, "-m", "engine", "serve"] and "--port" in cmd and cmd[cmd.index("--port") + 1] == "0"
+        assert c.token and cmd[cmd.index("--token") + 1] == c.token  # fresh token, used by the client
+        assert re.fullmatch(r"[0-9a-f]{48}", c.token)  # never starts with "-" (argparse would take it for an option)
+        assert len(c.jobs()) == 0  # authorised request works
+        c2 = mgr.client(settings)  # reused, not restarted
+        assert mgr.local_pid == pid and c2.base_url == c.base_url
+    finally:
+        mgr.stop()
     assert not _alive(pid)
     with pytest.raises(kc.EngineError) as ei:
         c.health()
@@ -600,10 +602,12 @@ def test_job_through_local_engine_and_shutdown_leaves_nothing(fake_engine_pkg, t
     settings = kl.EngineSettings(mode="LOCAL", python_path=sys.executable, extra_env=f"PYTHONPATH={fake_engine_pkg}", start_timeout=30, poll_interval=0.01)
     mgr = kl.EngineManager(log_dir=str(tmp_path / "logs"))
     before = {t.ident for t in threading.enumerate()}
-    final = kj.run_blocking(kj.JobTask(mgr, settings, kj.JobSpec("bake", __file__, "a.glb", {}, str(tmp_path / "job"))), lambda ev: None)
-    assert final.kind == kj.DONE, final.data
-    pid = mgr.local_pid
-    mgr.stop()
+    try:
+        final = kj.run_blocking(kj.JobTask(mgr, settings, kj.JobSpec("bake", __file__, "a.glb", {}, str(tmp_path / "job"))), lambda ev: None)
+        assert final.kind == kj.DONE, final.data
+        pid = mgr.local_pid
+    finally:
+        mgr.stop()
     assert not _alive(pid)
     assert {t.ident for t in threading.enumerate()} <= before
 
