@@ -357,6 +357,21 @@ def test_worker_killed_from_outside_busy_or_idle(server, http):
     assert all(wait_job(http, server.url, x)["state"] == "succeeded" for x in ok)
 
 
+def test_job_sent_to_a_worker_that_just_died_goes_back_to_the_queue(tmp_path, http):
+    """Kill the only (idle) worker and submit at once: the job may reach the dead worker's pipe before the
+    supervisor notices; it must run in the fresh worker, not fail with the previous worker's SIGKILL."""
+    srv = Server(["--workers", "1"], tmp_path, name="requeue")
+    try:
+        for _ in range(4):
+            (w,) = wait_workers_idle(http, srv.url)
+            os.kill(w["pid"], signal.SIGKILL)
+            jid = submit_ok(http, srv.url, icosphere_glb(), FAST)
+            j = wait_job(http, srv.url, jid)
+            assert j["state"] == "succeeded", j
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
 def test_python_exception_in_worker_is_a_failed_job_without_restart(server, http):
     workers = wait_workers_idle(http, server.url)
     pids = {w["id"]: w["pid"] for w in workers}

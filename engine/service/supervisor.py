@@ -103,6 +103,7 @@ class Job:
     cancel_requested: bool = False
     # runtime only (not persisted)
     seq: int = 0
+    requeues: int = 0
     stage_t0: Optional[float] = None
 
     PERSISTED = (
@@ -179,6 +180,7 @@ class WorkerSlot:
         self.jobs_done = 0
         self.last_exit: Optional[str] = None
         self.info: Optional[dict] = None
+        self.acked = False
         self.cancel_seq = _CTX.RawValue("q", 0)
         self.thread = threading.Thread(target=self._loop, name=f"kiln-slot-{index}", daemon=True)
 
@@ -333,7 +335,10 @@ class WorkerSlot:
             "mask": str(jdir / job.mask_file) if job.mask_file else None,
             "source_name": job.source_name,
         }
+        self.acked = False
         try:
+            if not self.proc.is_alive():
+                raise BrokenPipeError
             self.conn.send(msg)
         except (OSError, ValueError):
             # The worker went away between its hello and this job: the job never started.
@@ -421,6 +426,7 @@ class WorkerSlot:
             return False
         if len(m) < 2 or m[1] != job.seq:
             return False
+        self.acked = True  # the worker has the job (it reports "start" before any work)
         if kind == "progress":
             sup._on_progress(job, m[2], m[3], m[4])
             return False
@@ -463,6 +469,14 @@ class WorkerSlot:
         if ended:
             self.last_exit = describe_exit(code, "idle")["message"] + f" right after job {job.id}"
             self._forget()
+            return
+        if not self.acked and job.requeues < 2 and not job.cancel_requested:
+            # Died before it even started this job (e.g. killed while idle): not the job's fault.
+            self.last_exit = describe_exit(code, "idle")["message"] + " before it started a job"
+            log.warning("worker %d %s; job %s goes back to the queue", self.index, self.last_exit, job.id)
+            self._forget()
+            job.requeues += 1
+            self.sup._requeue(job)
             return
         stage = job.stage or "start"
         err = describe_exit(code, stage)
