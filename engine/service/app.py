@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -376,7 +377,9 @@ def create_app(sup: Supervisor) -> FastAPI:
                 fault=spec["fault"],
                 mask_file=mask_file,
             )
-            sup.submit(job)
+            if not sup.submit(job):
+                shutil.rmtree(jdir, ignore_errors=True)
+                raise ApiError(503, "shutting_down", "the service is shutting down", "retry when it is back")
         finally:
             up.discard()
         return JSONResponse(sup.get(job_id), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})

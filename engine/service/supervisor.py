@@ -551,13 +551,17 @@ class Supervisor:
             raise ValueError("bad job id")
         return self.config.jobs_dir / job_id
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job) -> bool:
+        """Queue a job; False when the service is shutting down (the caller answers 503)."""
         with self.cond:
+            if self.stopping:
+                return False
             self.jobs[job.id] = job
             self.queue.append(job.id)
             self._persist(job)
             self.cond.notify()
         log.info("job %s queued (%s, %s, %d bytes)", job.id, job.kind, job.input_format, job.input_bytes)
+        return True
 
     def queue_full(self) -> bool:
         with self.lock:
