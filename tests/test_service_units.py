@@ -33,7 +33,8 @@ def test_nvidia_smi_parsing_and_visible_devices():
         ("1", "NVIDIA H200", "GPU-bbbb-2222"),
         ("2", "NVIDIA GeForce RTX 4090", "GPU-dddd-3333"),
     ]
-    assert detect_gpus({}, gpus) == gpus
+    assert [g.visible_id for g in detect_gpus({}, gpus)] == ["GPU-aaaa-1111", "GPU-bbbb-2222", "GPU-dddd-3333"]
+    assert [g.name for g in detect_gpus({}, gpus)] == [g.name for g in gpus]
     assert detect_gpus({}, None) == []  # no nvidia-smi, no variable: CPU workers
     assert [g.name for g in detect_gpus({"CUDA_VISIBLE_DEVICES": "2,0"}, gpus)] == ["NVIDIA GeForce RTX 4090", "NVIDIA H200"]
     assert [g.visible_id for g in detect_gpus({"CUDA_VISIBLE_DEVICES": "GPU-bbbb-2222"}, gpus)] == ["GPU-bbbb-2222"]

@@ -61,7 +61,8 @@ def detect_gpus(env: Optional[Mapping[str, str]] = None, listed: Optional[list[G
         listed = nvidia_smi_gpus()
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     if cvd is None:
-        return list(listed or [])
+        # Pin workers by UUID: nvidia-smi numbers GPUs in PCI order, CUDA (by default) fastest first.
+        return [GpuInfo(g.uuid or g.visible_id, g.name, g.uuid) for g in (listed or [])]
     cvd = cvd.strip()
     if cvd == "" or cvd.startswith("-1"):
         return []
