@@ -587,9 +587,14 @@ def test_local_engine_start_failures(fake_engine_pkg, tmp_path):
         mgr.client(kl.EngineSettings(mode="LOCAL", python_path=sys.executable, extra_env=f"PYTHONPATH={fake_engine_pkg};FAKE_MODE=fail"))
     e = ei.value
     assert e.code == "engine_start_failed" and "exited with code 3" in e.message and "CUDA driver too old" in e.message and "log" in e.hint
-    # an environment without the engine at all
+    # an environment without the engine at all: this Python with site-packages switched off (-S), so an
+    # installed kiln-engine (pip install -e .) is not importable either
+    bare = tmp_path / "bare" / "python"
+    bare.parent.mkdir()
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
     with pytest.raises(kc.EngineError) as ei:
-        mgr.client(kl.EngineSettings(mode="LOCAL", python_path=sys.executable, extra_env=f"PYTHONPATH={tmp_path}"))
+        mgr.client(kl.EngineSettings(mode="LOCAL", python_path=str(bare), extra_env=f"PYTHONPATH={tmp_path}"))
     assert ei.value.code == "engine_start_failed" and "not installed" in ei.value.hint
     # never ready -> timeout, and the process is not left behind
     eng = kl.LocalEngine(sys.executable, {"PYTHONPATH": str(fake_engine_pkg), "FAKE_MODE": "silent"}, start_timeout=1.0, log_dir=str(tmp_path / "l2"))
