@@ -257,6 +257,12 @@ def start_job(spec: JobSpec, label: str, on_done: Callable[[dict], str], blockin
     set_error(None)
     rt.last_info = ""
     rt.notes = []
+    return _launch(task, lambda ev: _apply_job_event(job, ev), blocking, report, "job")
+
+
+def _launch(task, apply_event, blocking: bool, report, slot: str):
+    """Async: start the worker thread and let the timer drain its events; returns None.
+    Blocking (background mode): run the task here, report its messages, return the terminal event kind."""
     if not blocking:
         task.start()
         ensure_timer()
@@ -264,7 +270,7 @@ def start_job(spec: JobSpec, label: str, on_done: Callable[[dict], str], blockin
     final = {"kind": None}
 
     def handle(ev):
-        msg = _apply_job_event(job, ev)
+        msg = apply_event(ev)
         if msg:
             report(*msg)
         if ev.kind in TERMINAL:
@@ -273,7 +279,7 @@ def start_job(spec: JobSpec, label: str, on_done: Callable[[dict], str], blockin
     try:
         run_blocking(task, handle)
     finally:
-        rt.job = None
+        setattr(rt, slot, None)
     return final["kind"]
 
 
@@ -281,24 +287,7 @@ def start_check(blocking: bool, report: Callable[[str, str], None]):
     settings = engine_settings()
     task = CheckTask(rt.manager, settings)
     rt.check = task
-    if not blocking:
-        task.start()
-        ensure_timer()
-        return None
-    final = {"kind": None}
-
-    def handle(ev):
-        msg = _apply_check_event(ev)
-        if msg:
-            report(*msg)
-        if ev.kind in TERMINAL:
-            final["kind"] = ev.kind
-
-    try:
-        run_blocking(task, handle)
-    finally:
-        rt.check = None
-    return final["kind"]
+    return _launch(task, _apply_check_event, blocking, report, "check")
 
 
 def new_workdir() -> str:

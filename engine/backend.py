@@ -19,20 +19,31 @@ class Backend:
     reason: str = ""
 
 
-@functools.lru_cache(maxsize=1)
-def cuda_status() -> tuple[bool, str]:
-    """(usable, why-not) for the nvdiffrast CUDA backend. Cached per process."""
+def torch_cuda_status() -> tuple[bool, str]:
+    """(usable, why-not) for CUDA through torch alone."""
     try:
         import torch
     except Exception as e:  # pragma: no cover - torch is a hard dependency
         return False, f"torch does not import: {e}"
     if not torch.cuda.is_available():
         return False, "torch sees no CUDA GPU" + ("" if torch.version.cuda else " (this is a CPU-only build of torch)")
-    try:
-        import nvdiffrast.torch  # noqa: F401
-    except Exception as e:
-        return False, f"nvdiffrast does not import ({e.__class__.__name__}: {e})"
     return True, ""
+
+
+def module_status(name: str) -> tuple[bool, str]:
+    """(importable, why-not) for an optional GPU module (nvdiffrast.torch, gsplat)."""
+    try:
+        __import__(name)
+    except Exception as e:
+        return False, f"{name.split('.')[0]} does not import ({e.__class__.__name__}: {e})"
+    return True, ""
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_status() -> tuple[bool, str]:
+    """(usable, why-not) for the nvdiffrast CUDA backend. Cached per process."""
+    ok, why = torch_cuda_status()
+    return module_status("nvdiffrast.torch") if ok else (ok, why)
 
 
 def available_backends() -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from engine.errors import CancelledError
 from engine.io.load import load_source
-from engine.mesh.source import Material, SourceMesh, shade, srgb_to_linear
+from engine.mesh.source import SourceMesh, shade, srgb_to_linear
 from engine.options import BakeOptions
 from engine.pipeline import bake
 from tests.gltf_builder import make_glb, uv_sphere

@@ -56,7 +56,6 @@ def fit_texture(fine, fine_cov, k: int = 2, iters: int = 24, lam: float = 0.05):
     w = torch.as_tensor(fine_cov).to(fine.device, torch.float32)
     c = fine.permute(2, 0, 1)[None] * w[None, None]
     W = w[None, None]
-    S = fine.shape[0] // k
     cnt = F.avg_pool2d(W, k) * (k * k)
     t0 = F.avg_pool2d(c, k) * (k * k) / cnt.clamp_min(1e-12)
     support = _up_adjoint(W)  # how much fine data touches each texel

@@ -8,7 +8,6 @@ splat path (they are not meshes; engine.splat handles them).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import zipfile

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from engine import __version__
-from engine.errors import InputError
 from engine.mesh.source import SourceMesh
 from engine.options import BakeOptions
 from engine.progress import CancelCheck, Progress, ProgressCallback

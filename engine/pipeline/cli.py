@@ -112,17 +112,10 @@ def print_summary(report: dict, output) -> None:
     print(line, file=sys.stderr)
 
 
-def run(args) -> int:
-    from engine.pipeline import bake
-
+def run_and_report(produce, args, summary=None) -> int:
+    """Run ``produce()`` -> BakeResult; every failure becomes one line + exit code; --json/--quiet handled."""
     try:
-        opts = options_from_args(args)
-        source = args.source
-        if getattr(args, "mesh", None):
-            from engine.pipeline.splat import splat_source
-
-            source = splat_source(args.source, args.mesh)
-        res = bake(source, args.output, opts, progress=StderrProgress(args.quiet))
+        res = produce()
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line + exit code
         if isinstance(e, KeyboardInterrupt):
             raise
@@ -130,5 +123,20 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(res.report, indent=2))
     if not args.quiet:
-        print_summary(res.report, args.output)
+        (summary or print_summary)(res.report, args.output)
     return 0
+
+
+def run(args) -> int:
+    from engine.pipeline import bake
+
+    def produce():
+        opts = options_from_args(args)
+        source = args.source
+        if getattr(args, "mesh", None):
+            from engine.pipeline.splat import splat_source
+
+            source = splat_source(args.source, args.mesh)
+        return bake(source, args.output, opts, progress=StderrProgress(args.quiet))
+
+    return run_and_report(produce, args)

@@ -8,7 +8,6 @@ Reconstruction, then the same simplify/unwrap/bake/export stages as
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 
@@ -71,18 +70,11 @@ def print_summary(report: dict, output) -> None:
 
 
 def run(args) -> int:
-    from engine.pipeline.cli import StderrProgress, options_from_args, report_error
+    from engine.pipeline.cli import StderrProgress, options_from_args, run_and_report
     from engine.reconstruct.pipeline import reconstruct
 
-    try:
+    def produce():
         opts = options_from_args(args)
-        res = reconstruct(args.image, args.output, opts, recon_options_from_args(args), progress=StderrProgress(args.quiet))
-    except BaseException as e:  # noqa: BLE001 - every failure becomes one line + exit code
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        return report_error(e)
-    if args.json:
-        print(json.dumps(res.report, indent=2))
-    if not args.quiet:
-        print_summary(res.report, args.output)
-    return 0
+        return reconstruct(args.image, args.output, opts, recon_options_from_args(args), progress=StderrProgress(args.quiet))
+
+    return run_and_report(produce, args, summary=print_summary)

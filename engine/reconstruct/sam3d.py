@@ -45,14 +45,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 
 from engine.errors import BackendError, InputError
 from engine.mesh.source import SourceMesh, srgb_to_linear
 from engine.reconstruct.base import ReconBackend, ReconResult, validate_inputs
-from engine.splat.types import Splats, matrix_to_quat, quat_to_matrix
+from engine.splat.types import Splats, quat_to_matrix
 
 ENV_CONFIG = "KILN_SAM3D_CONFIG"
 ENV_REPO = "KILN_SAM3D_REPO"

@@ -28,17 +28,10 @@ ALPHA_EPS = 1e-4
 
 def splat_backend_status() -> tuple[bool, str]:
     """(usable, why-not) for splat rendering: a CUDA GPU visible to torch, and gsplat importable."""
-    try:
-        import torch
-    except Exception as e:  # pragma: no cover - torch is a hard dependency
-        return False, f"torch does not import: {e}"
-    if not torch.cuda.is_available():
-        return False, "torch sees no CUDA GPU" + ("" if torch.version.cuda else " (this is a CPU-only build of torch)")
-    try:
-        import gsplat  # noqa: F401
-    except Exception as e:
-        return False, f"gsplat does not import ({e.__class__.__name__}: {e})"
-    return True, ""
+    from engine.backend import module_status, torch_cuda_status
+
+    ok, why = torch_cuda_status()
+    return module_status("gsplat") if ok else (ok, why)
 
 
 def require_splat_backend() -> None:
