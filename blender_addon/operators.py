@@ -302,11 +302,4 @@ def _undo_push(message: str) -> None:
 classes = (KILN_OT_bake_selected, KILN_OT_image_to_3d, KILN_OT_cancel, KILN_OT_check_engine, KILN_OT_report)
 
 
-def register():
-    for c in classes:
-        bpy.utils.register_class(c)
-
-
-def unregister():
-    for c in reversed(classes):
-        bpy.utils.unregister_class(c)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -87,10 +87,15 @@ def draw_engine_status(layout, context) -> None:
         box.label(text=f"local engine running (pid {pid})")
 
 
-class KILN_PT_main(bpy.types.Panel):
+class _KilnSidebar:
+    """Where every Kiln panel lives: View3D > Sidebar > Kiln."""
+
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "Kiln"
+
+
+class KILN_PT_main(_KilnSidebar, bpy.types.Panel):
     bl_label = "Kiln"
 
     def draw(self, context):
@@ -108,10 +113,7 @@ class KILN_PT_main(bpy.types.Panel):
         draw_job(layout, context)
 
 
-class KILN_PT_image(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Kiln"
+class KILN_PT_image(_KilnSidebar, bpy.types.Panel):
     bl_label = "Image → 3D"
     bl_parent_id = "KILN_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
@@ -134,10 +136,7 @@ class KILN_PT_image(bpy.types.Panel):
         layout.operator("kiln.image_to_3d", icon="IMAGE_DATA")
 
 
-class KILN_PT_engine(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Kiln"
+class KILN_PT_engine(_KilnSidebar, bpy.types.Panel):
     bl_label = "Engine"
     bl_parent_id = "KILN_PT_main"
     bl_options = {"DEFAULT_CLOSED"}
@@ -154,11 +153,4 @@ class KILN_PT_engine(bpy.types.Panel):
 classes = (KILN_PT_main, KILN_PT_image, KILN_PT_engine)
 
 
-def register():
-    for c in classes:
-        bpy.utils.register_class(c)
-
-
-def unregister():
-    for c in reversed(classes):
-        bpy.utils.unregister_class(c)
+register, unregister = bpy.utils.register_classes_factory(classes)

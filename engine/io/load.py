@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import InputError
+from engine.io import require_file
 from engine.mesh.source import Material, SourceMesh, srgb_to_linear
 
 MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".zip")
@@ -55,13 +56,7 @@ def sniff_format(path: Path) -> str:
 
 
 def load_source(path, options=None) -> SourceMesh:
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"file not found: {p}", hint="check the path", code="missing_file")
-    if p.is_dir():
-        raise InputError(f"'{p}' is a folder, not a model file", hint="pass a .glb, .gltf, .obj or .ply file", code="unsupported_format")
-    if p.stat().st_size == 0:
-        raise InputError(f"file is empty: {p.name}", hint="the file has 0 bytes; export it again", code="empty_file")
+    p = require_file(path)
     fmt = sniff_format(p)
     if fmt in ("glb", "gltf"):
         from engine.io.gltf import load_gltf

@@ -96,9 +96,10 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def psnr(render: np.ndarray, photo: np.ndarray, where: np.ndarray) -> float:
     if not where.any():
         return 0.0
+    from engine.evaluate import psnr as masked_psnr
+
     ref = photo.astype(np.float32) / 255.0 if photo.dtype == np.uint8 else photo.astype(np.float32)
-    mse = float(np.mean((render[where] - ref[where]) ** 2))
-    return min(PSNR_CAP, 10.0 * math.log10(1.0 / max(mse, 1e-30)))
+    return min(PSNR_CAP, masked_psnr(render, ref, where))
 
 
 def closedness(vertices: np.ndarray, faces: np.ndarray) -> dict:

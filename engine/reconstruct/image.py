@@ -16,11 +16,11 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
+from engine.io import require_file
 from engine.errors import InputError
 
 MIN_SIDE = 16
@@ -43,14 +43,8 @@ def _open_pil(src, what: str):
         name = what
         fobj = io.BytesIO(bytes(src))
     else:
-        p = Path(src)
+        p = require_file(src, what, noun="an image", hint="pass a PNG or JPEG file")
         name = p.name
-        if not p.exists():
-            raise InputError(f"{what} not found: {p}", hint="check the path", code="missing_file")
-        if p.is_dir():
-            raise InputError(f"{what} '{p}' is a folder, not an image", hint="pass a PNG or JPEG file", code="unsupported_format")
-        if p.stat().st_size == 0:
-            raise InputError(f"{what} is empty: {p.name}", hint="the file has 0 bytes; export it again", code="empty_file")
         fobj = p
     try:
         im = Image.open(fobj)

@@ -391,15 +391,16 @@ def create_app(sup: Supervisor) -> FastAPI:
 
     @app.get("/v1/jobs/{job_id}", response_model=JobModel, summary="State, stage, progress, timings and error of a job", responses=ERRORS)
     def get_job(job_id: str):
+        return _job_or_404(job_id)
+
+    def _job_or_404(job_id: str) -> dict:
         job = sup.get(job_id)
         if job is None:
             raise _job_not_found(job_id)
         return job
 
     def _need_succeeded(job_id: str) -> dict:
-        job = sup.get(job_id)
-        if job is None:
-            raise _job_not_found(job_id)
+        job = _job_or_404(job_id)
         if job["state"] in ("queued", "running"):
             raise ApiError(409, "not_ready", f"job {job_id} is {job['state']} (stage {job['stage']}, {job['progress']:.0%})",
                            "poll GET /v1/jobs/{id} until its state is succeeded")

@@ -269,6 +269,12 @@ class WorkerSlot:
             self.proc.join(10)
         self._forget()
 
+    def _recycle(self, reason: str) -> None:
+        """Kill the worker in the middle of a job (forced cancel, timeout); the loop starts a fresh one."""
+        self._kill()
+        self.restarts += 1
+        self.last_exit = reason
+
     def _stop_worker(self) -> None:
         if self.proc is None:
             return
@@ -366,9 +372,7 @@ class WorkerSlot:
                         cancel_deadline = now + cfg.cancel_grace
                     elif now >= cancel_deadline:
                         stage = job.stage
-                        self._kill()
-                        self.restarts += 1
-                        self.last_exit = f"killed: job {job.id} did not stop within {cfg.cancel_grace:g} s of its cancel"
+                        self._recycle(f"killed: job {job.id} did not stop within {cfg.cancel_grace:g} s of its cancel")
                         sup._finish(
                             job,
                             "cancelled",
@@ -378,9 +382,7 @@ class WorkerSlot:
                         return
                 if cfg.job_timeout and now - t0 > cfg.job_timeout:
                     stage = job.stage or "start"
-                    self._kill()
-                    self.restarts += 1
-                    self.last_exit = f"killed: job {job.id} timed out"
+                    self._recycle(f"killed: job {job.id} timed out")
                     sup._finish(
                         job,
                         "failed",
