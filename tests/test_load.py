@@ -172,3 +172,29 @@ def test_float64_and_int64_arrays_are_accepted(tmp_path):
     out, rep = validate_source(src)
     assert out.vertices.dtype == np.float32 and out.faces.dtype == np.int32
     assert out.vertices.flags["C_CONTIGUOUS"] and out.faces.flags["C_CONTIGUOUS"]
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, meshes_dir, kiln_env):
+    (tmp_path / "adir").mkdir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out, needle in ((tmp_path / "adir", "is a folder"), (blocker / "sub" / "o.glb", "cannot create the output folder")):
+        p = subprocess.run([sys.executable, "-m", "engine", "bake", str(meshes_dir / "BoxTextured.glb"), "-o", str(out), "--device", "cpu", "-q"],
+                           capture_output=True, text=True, env=kiln_env, timeout=300)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in p.stderr, p.stderr
+
+
+def test_corrupt_embedded_texture_is_named(tmp_path, meshes_dir):
+    import json as _json
+    import struct
+
+    b = bytearray((meshes_dir / "BoxTextured.glb").read_bytes())
+    n = struct.unpack("<I", b[12:16])[0]
+    j = _json.loads(bytes(b[20 : 20 + n]))
+    bv = j["bufferViews"][j["images"][0]["bufferView"]]
+    off = 20 + n + 8 + bv.get("byteOffset", 0)
+    b[off : off + bv["byteLength"]] = b"\x00" * bv["byteLength"]
+    (tmp_path / "t.glb").write_bytes(bytes(b))
+    with pytest.raises(InputError, match="texture image 0 .* cannot be decoded"):
+        load_source(tmp_path / "t.glb")

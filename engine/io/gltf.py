@@ -148,7 +148,8 @@ class _Doc:
             pil = Image.open(io.BytesIO(raw))
             pil.load()
         except Exception as e:
-            raise InputError(f"texture image {ii} of '{self.name}' cannot be decoded ({e})", hint="re-save the texture as PNG or JPEG", code="corrupt_file")
+            why = "not a PNG/JPEG image" if e.__class__.__name__ == "UnidentifiedImageError" else f"{e.__class__.__name__}: {e}"
+            raise InputError(f"texture image {ii} of '{self.name}' cannot be decoded ({why})", hint="re-save the texture as PNG or JPEG", code="corrupt_file")
         if pil.mode not in ("RGB", "RGBA"):
             pil = pil.convert("RGBA" if "A" in pil.getbands() or pil.mode == "P" else "RGB")
         return np.asarray(pil, dtype=np.uint8)

@@ -46,6 +46,10 @@ def bake(
     from engine.io.load import load_source
 
     options = (options or BakeOptions()).validate()
+    if output is not None:
+        from engine.io import require_writable
+
+        require_writable(output)
     stages = dict(STAGES)
     if not options.evaluate:
         stages.pop("evaluate")
@@ -128,7 +132,12 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     out_path = None
     if output is not None:
         out_path = Path(output)
-        write_glb(out_path, uv_v, uv_f, uv, texture_u8, name=Path(source_name).stem or "kiln")
+        try:
+            write_glb(out_path, uv_v, uv_f, uv, texture_u8, name=Path(source_name).stem or "kiln")
+        except OSError as e:
+            from engine.errors import KilnError
+
+            raise KilnError(f"cannot write '{out_path}': {e.strerror or e}", hint="check free disk space and permissions of the output folder", code="write_failed")
     prog.end()
 
     report = {

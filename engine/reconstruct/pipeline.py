@@ -169,6 +169,10 @@ def reconstruct(
     from engine.reconstruct.checks import front_view_checks, mesh_from_bake_result
 
     options = (options or BakeOptions()).validate()
+    if output is not None:
+        from engine.io import require_writable
+
+        require_writable(output)  # before any work
     common, bopts, ignored = split_options(recon_options)
     backend = get_backend(common["backend"])
     backend.check_options(bopts)  # option errors before any work
