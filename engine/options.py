@@ -42,7 +42,6 @@ class BakeOptions:
     """Inputs with more faces are refused before any GPU call."""
     simplify_aggression: int = 5
     """fast-simplification aggressiveness (0..10): 5 keeps closed meshes closed (7 left non-manifold edges on ~40% of closed test shapes) at the same speed."""
-    seed: int = 0
 
     def validate(self) -> "BakeOptions":
         def need(cond: bool, msg: str) -> None:
@@ -63,7 +62,6 @@ class BakeOptions:
         need(isinstance(self.eval_resolution, int) and 32 <= self.eval_resolution <= 2048, f"eval_resolution={self.eval_resolution!r} must be in 32..2048")
         need(isinstance(self.max_faces, int) and self.max_faces >= 4, f"max_faces={self.max_faces!r} must be an integer >= 4")
         need(isinstance(self.simplify_aggression, int) and 0 <= self.simplify_aggression <= 10, "simplify_aggression must be in 0..10")
-        need(isinstance(self.seed, int), "seed must be an integer")
         return self
 
     @classmethod
