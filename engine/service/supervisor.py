@@ -30,6 +30,7 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Optional
 
+from engine.service import messages as M
 from engine.service.config import ServiceConfig
 
 log = logging.getLogger("kiln.service")
@@ -38,6 +39,7 @@ STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _CTX = multiprocessing.get_context("spawn")
+SCRATCH_DIR = "scratch"  # a job's temporary files (zip extraction, library temp files), removed with the job
 
 SIGNAL_HINTS = {
     "SIGSEGV": "native code (GPU driver, nvdiffrast, Embree or a mesh library) crashed on this job. The service is fine and "
@@ -228,12 +230,17 @@ class WorkerSlot:
             ready = mp_wait([parent_conn, proc.sentinel], timeout=0.5)
             if parent_conn in ready:
                 try:
-                    msg = parent_conn.recv()
+                    msg = M.recv(parent_conn)
                 except (EOFError, OSError):
                     msg = None
+                except M.MessageError as e:
+                    self.last_exit = f"sent a malformed message while starting ({e}); killed"
+                    log.error("worker %d %s", self.index, self.last_exit)
+                    self._kill()
+                    return False
                 if msg is not None:
-                    if msg[0] == "hello":
-                        self.info = msg[1]
+                    if isinstance(msg, M.Hello):
+                        self.info = msg.info
                         self.state = "idle"
                         log.info("worker %d ready (pid %d, backends %s)", self.index, proc.pid, self.info.get("backends"))
                         return True
@@ -279,7 +286,7 @@ class WorkerSlot:
         if self.proc is None:
             return
         try:
-            self.conn.send({"op": "stop"})
+            M.send(self.conn, M.Stop())
         except (OSError, ValueError):
             pass
         self.proc.join(3)
@@ -326,26 +333,26 @@ class WorkerSlot:
         sup = self.sup
         cfg = sup.config
         jdir = sup.job_dir(job.id)
-        msg = {
-            "op": "job",
-            "seq": job.seq,
-            "id": job.id,
-            "kind": job.kind,
-            "input": str(jdir / job.input_file),
-            "partial": str(jdir / "result.partial.glb"),
-            "output": str(jdir / "result.glb"),
-            "report": str(jdir / "report.json"),
-            "options": job.options,
-            "recon_options": job.recon_options,
-            "fault": job.fault,
-            "mask": str(jdir / job.mask_file) if job.mask_file else None,
-            "source_name": job.source_name,
-        }
+        msg = M.JobRequest(
+            seq=job.seq,
+            id=job.id,
+            kind=job.kind,
+            input=str(jdir / job.input_file),
+            partial=str(jdir / "result.partial.glb"),
+            output=str(jdir / "result.glb"),
+            report=str(jdir / "report.json"),
+            scratch=str(jdir / SCRATCH_DIR),
+            options=job.options,
+            recon_options=job.recon_options,
+            fault=job.fault,
+            mask=str(jdir / job.mask_file) if job.mask_file else None,
+            source_name=job.source_name,
+        )
         self.acked = False
         try:
             if not self.proc.is_alive():
                 raise BrokenPipeError
-            self.conn.send(msg)
+            M.send(self.conn, msg)
         except (OSError, ValueError):
             # The worker went away between its hello and this job: the job never started.
             sup._requeue(job)
@@ -399,6 +406,13 @@ class WorkerSlot:
         finally:
             self.job_id = None
             self.cancel_seq.value = 0
+            # The worker is done with the job or dead: whatever scratch or partial result it
+            # left (a killed worker cannot clean up) goes now, not at the retention sweep.
+            shutil.rmtree(jdir / SCRATCH_DIR, ignore_errors=True)
+            try:
+                (jdir / "result.partial.glb").unlink(missing_ok=True)
+            except OSError:
+                pass
             if self.proc is not None and self.proc.is_alive():
                 self.state = "idle"
             else:
@@ -410,8 +424,11 @@ class WorkerSlot:
             try:
                 if not self.conn.poll(0):
                     break
-                m = self.conn.recv()
+                m = M.recv(self.conn)
             except (EOFError, OSError):
+                return "dead"
+            except M.MessageError as e:
+                self._distrust(e)
                 return "dead"
             if self._handle(job, m):
                 return "ended"
@@ -420,32 +437,37 @@ class WorkerSlot:
             return "dead"
         return None
 
-    def _handle(self, job: Job, m) -> bool:
+    def _distrust(self, e: Exception) -> None:
+        """A worker that sends something that is not a valid message is killed (and its job reported crashed)."""
+        log.error("worker %d sent a malformed message (%s); killing it", self.index, e)
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+
+    def _handle(self, job: Job, m: M.Message) -> bool:
         sup = self.sup
-        kind = m[0]
-        if kind == "hello":
-            self.info = m[1]
+        if isinstance(m, M.Hello):
+            self.info = m.info
             return False
-        if len(m) < 2 or m[1] != job.seq:
+        if getattr(m, "seq", None) != job.seq:
             return False
         self.acked = True  # the worker has the job (it reports "start" before any work)
-        if kind == "progress":
-            sup._on_progress(job, m[2], m[3], m[4])
+        if isinstance(m, M.Progress):
+            sup._on_progress(job, m.stage, m.fraction, m.message)
             return False
-        if kind == "done":
-            sup._finish(job, "succeeded", message="done", timings=(m[2] or {}).get("timings"))
+        if isinstance(m, M.Done):
+            sup._finish(job, "succeeded", message="done", timings=m.timings)
             return True
-        if kind == "failed":
-            err = dict(m[2])
-            err.setdefault("stage", m[3])
-            sup._finish(job, "failed", error=err, stage=m[3])
+        if isinstance(m, M.Failed):
+            err = dict(m.error)
+            err.setdefault("stage", m.stage)
+            sup._finish(job, "failed", error=err, stage=m.stage)
             return True
-        if kind == "cancelled":
+        if isinstance(m, M.Cancelled):
             sup._finish(
                 job,
                 "cancelled",
-                message=m[3] or "cancelled",
-                error={"code": "cancelled", "message": m[3] or "cancelled", "hint": None, "forced": False, "stage": m[2]},
+                message=m.message or "cancelled",
+                error={"code": "cancelled", "message": m.message or "cancelled", "hint": None, "forced": False, "stage": m.stage},
             )
             return True
         return False
@@ -465,8 +487,8 @@ class WorkerSlot:
             try:
                 if not self.conn.poll(0):
                     break
-                ended = self._handle(job, self.conn.recv())
-            except (EOFError, OSError):
+                ended = self._handle(job, M.recv(self.conn))
+            except (EOFError, OSError, M.MessageError):
                 break
         if ended:
             self.last_exit = describe_exit(code, "idle")["message"] + f" right after job {job.id}"
@@ -725,6 +747,12 @@ class Supervisor:
             except Exception:
                 shutil.rmtree(d, ignore_errors=True)
                 continue
+            # a killed run's scratch and partial result (the worker could not clean up)
+            shutil.rmtree(d / SCRATCH_DIR, ignore_errors=True)
+            try:
+                (d / "result.partial.glb").unlink(missing_ok=True)
+            except OSError:
+                pass
             if job.state not in TERMINAL:
                 self._set_terminal(
                     job, "failed", now, message="the service stopped before this job finished",

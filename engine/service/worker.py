@@ -5,14 +5,10 @@ is ``worker_main``. Everything heavy (torch, nvdiffrast, the pipeline) is
 imported inside ``worker_main``, so importing this module costs nothing in the
 HTTP process.
 
-Protocol over the duplex pipe (picklable tuples / dicts):
-  supervisor -> worker: {"op": "job", "seq", "id", "kind", "input", "partial", "output", "report",
-                         "options", "recon_options", "fault", "mask", "source_name"} | {"op": "stop"}
-  worker -> supervisor: ("hello", info)
-                        ("progress", seq, stage, fraction, message)
-                        ("done", seq, {"timings": {...}})
-                        ("failed", seq, {"code", "message", "hint", ...}, stage)
-                        ("cancelled", seq, stage, message)
+Protocol over the duplex pipe: the typed messages of ``engine.service.messages``, each sent
+as one JSON object (never a pickle): the supervisor sends ``JobRequest`` or ``Stop``; the
+worker answers ``Hello`` once, then per job ``Progress`` and one of ``Done`` / ``Failed`` /
+``Cancelled``.
 Cancellation: the supervisor writes the job's ``seq`` into the shared
 ``cancel_seq`` value; the pipeline's cancel callback compares it with the
 running job's seq at every progress check.
@@ -22,19 +18,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 
+from engine.service import messages as M
+
 FAULT_KINDS = ("segfault", "abort", "hang", "raise")
-
-
-def _plain(obj):
-    """Only plain JSON types cross the pipe: unpickling e.g. torch's version string in the
-    service process would import torch there."""
-    return json.loads(json.dumps(obj, default=str))
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -107,18 +101,25 @@ def _fire_fault(kind: str, stage: str) -> None:
         raise RuntimeError(f"injected fault raise@{stage}")
 
 
+def _use_scratch(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        os.environ[var] = path
+    tempfile.tempdir = path
+
+
 def _error(code: str, message: str, hint=None, **extra) -> dict:
     d = {"code": code, "message": message, "hint": hint}
     d.update(extra)
     return d
 
 
-def _run_job(conn, cancel_seq, msg: dict) -> None:
-    seq = msg["seq"]
-    input_name = os.path.basename(msg["input"])
-    display = msg.get("source_name") or input_name
+def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
+    seq = msg.seq
+    input_name = os.path.basename(msg.input)
+    display = msg.source_name or input_name
     state = {"stage": "start", "last": 0.0, "fraction": -1.0}
-    fault = msg.get("fault")
+    fault = msg.fault
     fault_kind, fault_stage = (fault.split("@", 1) if fault else (None, None))
     fired = []
 
@@ -126,7 +127,7 @@ def _run_job(conn, cancel_seq, msg: dict) -> None:
         now = time.monotonic()
         changed = stage != state["stage"]
         if changed or now - state["last"] >= 0.1 or fraction >= 1.0:
-            conn.send(("progress", seq, str(stage), float(fraction), str(message or "")[:500]))
+            M.send(conn, M.Progress(seq, str(stage), float(fraction), str(message or "")[:500]))
             state["last"] = now
         state["stage"] = stage
         if fault_kind and stage == fault_stage and not fired:
@@ -142,14 +143,18 @@ def _run_job(conn, cancel_seq, msg: dict) -> None:
     from engine.errors import CancelledError, InputError, KilnError
     from engine.options import BakeOptions
 
+    # Every scratch file of the job (zip extraction, caches of libraries that use tempfile or
+    # $TMPDIR) goes under the job's own folder, so a killed worker leaves nothing outside the
+    # data dir and the job's removal removes it.
+    _use_scratch(msg.scratch)
     try:
-        options = BakeOptions.from_dict(msg.get("options") or {})
+        options = BakeOptions.from_dict(msg.options or {})
         progress("start", 0.0, "worker picked up the job")
-        if msg["kind"] == "bake":
+        if msg.kind == "bake":
             from engine.pipeline import bake
 
-            result = bake(msg["input"], msg["partial"], options, progress=progress, cancel=cancel)
-        elif msg["kind"] == "reconstruct":
+            result = bake(msg.input, msg.partial, options, progress=progress, cancel=cancel)
+        elif msg.kind == "reconstruct":
             try:
                 from engine.reconstruct.pipeline import reconstruct
             except ImportError as e:
@@ -158,45 +163,39 @@ def _run_job(conn, cancel_seq, msg: dict) -> None:
                     hint="install the reconstruction dependencies on the server, or bake a mesh instead",
                     code="reconstruct_unavailable",
                 )
-            recon = dict(msg.get("recon_options") or {})
+            recon = dict(msg.recon_options or {})
             for key in ("mask", "config", "repo"):  # never paths from a client (the server refuses them too)
                 recon.pop(key, None)
-            if msg.get("mask"):
-                recon["mask"] = msg["mask"]
-            result = reconstruct(msg["input"], msg["partial"], options, recon, progress, cancel)
+            if msg.mask:
+                recon["mask"] = msg.mask
+            result = reconstruct(msg.input, msg.partial, options, recon, progress, cancel)
         else:
-            raise KilnError(f"unknown job kind {msg['kind']!r}", code="unknown_kind")
+            raise KilnError(f"unknown job kind {msg.kind!r}", code="unknown_kind")
         report = getattr(result, "report", None)
         if report is None and isinstance(result, dict):
             report = result
         report = dict(report or {})
         report["source"] = display
-        if not os.path.exists(msg["partial"]):
+        if not os.path.exists(msg.partial):
             raise KilnError("the pipeline finished but wrote no GLB", hint="this is a bug in Kiln; please report it", code="no_output")
-        os.replace(msg["partial"], msg["output"])
-        tmp = msg["report"] + ".part"
+        os.replace(msg.partial, msg.output)
+        tmp = msg.report + ".part"
         with open(tmp, "w") as f:
             json.dump(report, f, indent=1, default=str)
-        os.replace(tmp, msg["report"])
+        os.replace(tmp, msg.report)
         timings = report.get("timings") if isinstance(report.get("timings"), dict) else {}
-        conn.send(("done", seq, _plain({"timings": timings})))
+        M.send(conn, M.Done(seq, M.plain(timings)))
     except CancelledError as e:
-        conn.send(("cancelled", seq, str(state["stage"]), clean(e.message)))
+        M.send(conn, M.Cancelled(seq, str(state["stage"]), clean(e.message)))
     except KilnError as e:
         if isinstance(e, InputError):
             err = _error("bad_input", clean(e.message), clean(e.hint) if e.hint else None, reason=e.code)
         else:
             err = _error(e.code, clean(e.message), clean(e.hint) if e.hint else None)
-        conn.send(("failed", seq, _plain(err), str(state["stage"])))
+        M.send(conn, M.Failed(seq, M.plain(err), str(state["stage"])))
     except MemoryError:
-        conn.send(
-            (
-                "failed",
-                seq,
-                _error("out_of_memory", f"ran out of memory in stage '{state['stage']}'", "lower faces, texture_size or view_resolution, or run fewer workers"),
-                state["stage"],
-            )
-        )
+        err = _error("out_of_memory", f"ran out of memory in stage '{state['stage']}'", "lower faces, texture_size or view_resolution, or run fewer workers")
+        M.send(conn, M.Failed(seq, err, str(state["stage"])))
     except Exception as e:
         tb = traceback.format_exc()
         sys.stderr.write(tb)
@@ -213,13 +212,14 @@ def _run_job(conn, cancel_seq, msg: dict) -> None:
                 "this is probably a bug in Kiln; the traceback is in the service log",
                 traceback=tb[-4000:],
             )
-        conn.send(("failed", seq, _plain(err), str(state["stage"])))
+        M.send(conn, M.Failed(seq, M.plain(err), str(state["stage"])))
     finally:
         try:
-            if os.path.exists(msg["partial"]):
-                os.remove(msg["partial"])
+            if os.path.exists(msg.partial):
+                os.remove(msg.partial)
         except OSError:
             pass
+        shutil.rmtree(msg.scratch, ignore_errors=True)
 
 
 def worker_main(conn, cancel_seq, slot: int, gpu_id, parent_pid: int) -> None:
@@ -243,15 +243,15 @@ def worker_main(conn, cancel_seq, slot: int, gpu_id, parent_pid: int) -> None:
         info = _probe()
         info["slot"] = slot
         info["gpu"] = gpu_id
-        conn.send(("hello", _plain(info)))
+        M.send(conn, M.Hello(M.plain(info)))
         while True:
             try:
-                msg = conn.recv()
-            except (EOFError, OSError):
+                msg = M.recv(conn)
+            except (EOFError, OSError, M.MessageError):
                 break
-            if not isinstance(msg, dict) or msg.get("op") == "stop":
-                break
-            if msg.get("op") == "job":
+            if isinstance(msg, M.JobRequest):
                 _run_job(conn, cancel_seq, msg)
+            else:
+                break
     except (BrokenPipeError, EOFError):
         pass  # the supervisor went away
