@@ -56,6 +56,7 @@ class JobRequest:
     fault: Optional[str] = None
     mask: Optional[str] = None
     source_name: Optional[str] = None
+    target: Optional[str] = None  # kind=bake: the artist's low-poly to bake onto (a path in the job dir)
     TYPE = MessageType.JOB
 
 

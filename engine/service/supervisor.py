@@ -92,6 +92,7 @@ class Job:
     recon_options: Optional[dict] = None
     fault: Optional[str] = None
     mask_file: Optional[str] = None
+    target_file: Optional[str] = None  # kind=bake: the uploaded low-poly to bake onto
     state: str = "queued"
     stage: Optional[str] = None
     progress: float = 0.0
@@ -109,7 +110,7 @@ class Job:
     stage_t0: Optional[float] = None
 
     PERSISTED = (
-        "id", "kind", "options", "source_name", "input_file", "input_format", "input_bytes", "recon_options", "fault", "mask_file",
+        "id", "kind", "options", "source_name", "input_file", "input_format", "input_bytes", "recon_options", "fault", "mask_file", "target_file",
         "state", "stage", "progress", "message", "error", "created_at", "started_at", "finished_at", "stage_seconds",
         "worker", "cancel_requested",
     )
@@ -346,6 +347,7 @@ class WorkerSlot:
             recon_options=job.recon_options,
             fault=job.fault,
             mask=str(jdir / job.mask_file) if job.mask_file else None,
+            target=str(jdir / job.target_file) if job.target_file else None,
             source_name=job.source_name,
         )
         self.acked = False

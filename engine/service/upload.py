@@ -35,7 +35,7 @@ FLUSH_BYTES = 1024 * 1024
 CURL_HINT = "e.g. curl -F file=@model.glb -F 'options={\"faces\": 5000}' http://127.0.0.1:8765/v1/jobs"
 
 
-FILE_FIELDS = ("file", "mask")  # mask: an optional mask image for kind=reconstruct
+FILE_FIELDS = ("file", "mask", "target")  # mask: optional mask image (reconstruct); target: optional low-poly to bake onto (bake)
 
 
 @dataclass
@@ -47,7 +47,7 @@ class UploadedFile:
 
 @dataclass
 class Upload:
-    files: dict  # field name -> UploadedFile ("file" always, "mask" optionally)
+    files: dict  # field name -> UploadedFile ("file" always, "mask" / "target" optionally)
     options_text: Optional[str]
 
     @property
@@ -222,7 +222,7 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
                         raise ApiError(
                             422,
                             "unknown_field",
-                            f"unknown form field {name[:60]!r}: POST /v1/jobs takes `file`, `options` (and `mask` for kind reconstruct)",
+                            f"unknown form field {name[:60]!r}: POST /v1/jobs takes `file`, `options` (and `target` for kind bake, `mask` for kind reconstruct)",
                             "put job settings inside the `options` JSON object",
                         )
                 elif kind == "data":

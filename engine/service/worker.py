@@ -69,10 +69,13 @@ def _probe() -> dict:
     except Exception:
         info["torch"] = None
     kinds = []
+    features = []
     try:
         import engine.pipeline  # noqa: F401  (warm the imports so the first job starts fast)
 
         kinds.append("bake")
+        if "target" in _bake_parameters(engine.pipeline.bake):
+            features.append("bake_target")
     except Exception as e:
         info["pipeline_error"] = f"{e.__class__.__name__}: {e}"
     try:
@@ -83,7 +86,18 @@ def _probe() -> dict:
     except Exception as e:
         info["reconstruct_error"] = f"{e.__class__.__name__}: {e}"
     info["kinds"] = kinds
+    info["features"] = features
     return info
+
+
+def _bake_parameters(fn) -> list:
+    """Parameter names of the pipeline's bake (the ``target`` one arrives with target baking)."""
+    import inspect
+
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
 
 
 def _fire_fault(kind: str, stage: str) -> None:
@@ -153,7 +167,16 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
         if msg.kind == "bake":
             from engine.pipeline import bake
 
-            result = bake(msg.input, msg.partial, options, progress=progress, cancel=cancel)
+            if msg.target:
+                if "target" not in _bake_parameters(bake):
+                    raise KilnError(
+                        "this engine cannot bake onto a target mesh yet (its bake has no `target` parameter)",
+                        hint="update the engine on the server, or bake without a target",
+                        code="target_unsupported",
+                    )
+                result = bake(msg.input, msg.partial, options, progress=progress, cancel=cancel, target=msg.target)
+            else:
+                result = bake(msg.input, msg.partial, options, progress=progress, cancel=cancel)
         elif msg.kind == "reconstruct":
             try:
                 from engine.reconstruct.pipeline import reconstruct
