@@ -9,14 +9,13 @@ Every problem raises InputError with a message naming it.
 from __future__ import annotations
 
 import base64
-import io
-import json
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import InputError
+from engine.io.safety import MAX_GLTF_JSON_DEPTH, check_image_pixels, json_loads_limited
 from engine.mesh.source import Material, SourceMesh
 
 _CTYPES = {5120: np.int8, 5121: np.uint8, 5122: np.int16, 5123: np.uint16, 5125: np.uint32, 5126: np.float32}
@@ -128,8 +127,6 @@ class _Doc:
         return arr
 
     def image(self, ii: int) -> np.ndarray:
-        from PIL import Image
-
         try:
             im = self.j["images"][ii]
         except (KeyError, IndexError, TypeError):
@@ -145,8 +142,10 @@ class _Doc:
         else:
             raise self.bad(f"image {ii} has no data")
         try:
-            pil = Image.open(io.BytesIO(raw))
+            pil = check_image_pixels(raw, f"texture image {ii} of '{self.name}'")
             pil.load()
+        except InputError:
+            raise
         except Exception as e:
             why = "not a PNG/JPEG image" if e.__class__.__name__ == "UnidentifiedImageError" else f"{e.__class__.__name__}: {e}"
             raise InputError(f"texture image {ii} of '{self.name}' cannot be decoded ({why})", hint="re-save the texture as PNG or JPEG", code="corrupt_file")
@@ -230,9 +229,11 @@ def parse(data: bytes, name: str, base_dir: Path | None) -> SourceMesh:
     else:
         js, binc = data, None
     try:
-        gltf = json.loads(js.decode("utf-8"))
+        gltf = json_loads_limited(js.decode("utf-8"), MAX_GLTF_JSON_DEPTH, f"the glTF JSON of '{name}'")
         if not isinstance(gltf, dict):
             raise ValueError("not an object")
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"corrupt glTF '{name}': JSON does not parse ({e.__class__.__name__})", code="corrupt_file")
     doc = _Doc(gltf, binc, base_dir, name)

@@ -21,6 +21,7 @@ from typing import Optional, Union
 import numpy as np
 
 from engine.io import require_file
+from engine.io.safety import check_image_pixels
 from engine.errors import InputError
 
 MIN_SIDE = 16
@@ -34,9 +35,8 @@ PathOrBytes = Union[str, os.PathLike, bytes, bytearray, None]
 
 
 def _open_pil(src, what: str):
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     if isinstance(src, (bytes, bytearray)):
         if len(src) == 0:
             raise InputError(f"{what} is empty (0 bytes)", hint=f"upload a PNG or JPEG {what}", code="empty_file")
@@ -47,19 +47,13 @@ def _open_pil(src, what: str):
         name = p.name
         fobj = p
     try:
-        im = Image.open(fobj)
+        im = check_image_pixels(fobj, f"{what} '{name}'", MAX_PIXELS)  # refused from its header, before decoding
         im.load()
     except UnidentifiedImageError:
         raise InputError(
             f"{what} '{name}' is not an image Kiln can read",
             hint="use a PNG, JPEG, WebP, BMP or TIFF file",
             code="unsupported_format",
-        ) from None
-    except Image.DecompressionBombError:
-        raise InputError(
-            f"{what} '{name}' is too large (more than {MAX_PIXELS // 1_000_000} megapixels)",
-            hint="downscale it first",
-            code="image_too_large",
         ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{what} '{name}' is corrupt or truncated ({e})", hint="export it again", code="corrupt_file") from None

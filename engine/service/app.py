@@ -7,6 +7,7 @@ anything unexpected (500). This module never imports torch.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import importlib.util
 import json
@@ -32,7 +33,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine import API_VERSION, __version__
 from engine.errors import InputError
 from engine.options import BakeOptions
+from engine.io.safety import MAX_JSON_DEPTH, json_loads_limited
+from engine.service.doctor_runner import DoctorRunner
 from engine.service.errors import ApiError, code_for_status, error_body
+from engine.service.guard import HostOriginGuard, allowed_hosts
+from engine.service.limits import check_job
 from engine.service.sniff import sniff_upload
 from engine.service.supervisor import Job, Supervisor
 from engine.service.upload import download_stem, display_name, receive_job_upload
@@ -134,12 +139,15 @@ def parse_job_options(text: Optional[str], allow_fault: bool, recon_keys: Option
         data: Any = {}
     else:
         try:
-            data = json.loads(text)
+            data = json_loads_limited(text, MAX_JSON_DEPTH, "the `options` JSON")
+        except InputError as e:
+            raise ApiError(422, "bad_json", e.message, OPTIONS_HINT)
         except ValueError as e:
             raise ApiError(422, "bad_json", f"the `options` field is not valid JSON: {str(e)[:200]}", OPTIONS_HINT)
     if not isinstance(data, dict):
         raise ApiError(422, "bad_json", f"`options` must be a JSON object, not {type(data).__name__}", OPTIONS_HINT)
     data = dict(data)
+    given = frozenset(str(k) for k in data)
     kind = data.pop("kind", "bake")
     if kind not in KINDS:
         raise ApiError(422, "unknown_kind", f"unknown kind {str(kind)[:60]!r}", 'kind is "bake" (default) or "reconstruct"')
@@ -178,7 +186,7 @@ def parse_job_options(text: Optional[str], allow_fault: bool, recon_keys: Option
         raise ApiError(422, e.code, e.message, hint)
     except (TypeError, ValueError, OverflowError) as e:
         raise ApiError(422, "bad_option", f"invalid options: {str(e)[:200]}", OPTIONS_HINT)
-    return {"kind": kind, "fault": fault, "reconstruct": recon, "options": opts.to_dict()}
+    return {"kind": kind, "fault": fault, "reconstruct": recon, "options": opts.to_dict(), "given": given}
 
 
 class TokenAuth:
@@ -189,7 +197,7 @@ class TokenAuth:
         self.token = token.encode("utf-8")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or (scope["method"] == "GET" and scope["path"] == "/v1/health"):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         got = b""
         for k, v in scope.get("headers", []):
@@ -198,6 +206,9 @@ class TokenAuth:
                 break
         scheme, _, cred = got.partition(b" ")
         ok = scheme.lower() == b"bearer" and hmac.compare_digest(cred.strip(), self.token)
+        scope.setdefault("state", {})["kiln_authenticated"] = ok
+        if scope["method"] == "GET" and scope["path"] == "/v1/health":
+            return await self.app(scope, receive, send)  # answered in short without a valid token
         if not ok:
             why = "no Authorization header" if not got else "the token does not match"
             resp = JSONResponse(
@@ -213,13 +224,6 @@ class TokenAuth:
         return await self.app(scope, receive, send)
 
 
-class _DoctorCache:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.at = 0.0
-        self.value = None
-
-
 def create_app(sup: Supervisor) -> FastAPI:
     cfg = sup.config
     app = FastAPI(
@@ -231,7 +235,7 @@ def create_app(sup: Supervisor) -> FastAPI:
         redoc_url=None,
     )
     app.state.supervisor = sup
-    doctor_cache = _DoctorCache()
+    doctor = app.state.doctor = DoctorRunner(cfg.doctor_timeout)
 
     # --- errors ----------------------------------------------------------------------------------
     @app.exception_handler(ApiError)
@@ -260,20 +264,31 @@ def create_app(sup: Supervisor) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            log.error("no space left in the data dir %s (%s %s)", cfg.data_dir, request.method, request.url.path)
+            return JSONResponse(error_body("no_space", "no space left in the data dir of the service",
+                                           "free disk space on the server (or ask its administrator), then retry"), status_code=507)
+        if isinstance(exc, RecursionError):
+            return JSONResponse(error_body("bad_input", "the request is nested too deeply", "send plain JSON and files"), status_code=422)
+        error_id = uuid.uuid4().hex[:12]
+        log.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
         code, hint = code_for_status(500)
-        return JSONResponse(error_body(code, f"internal error ({exc.__class__.__name__})", hint), status_code=500)
+        return JSONResponse(error_body(code, f"internal error (error id {error_id}: the details are in the service log)", hint), status_code=500)
 
     if cfg.token:
         app.add_middleware(TokenAuth, token=cfg.token)
+    # outermost: a foreign Host or Origin is refused before anything else (also before the token check)
+    app.add_middleware(HostOriginGuard, hosts=cfg.allowed_hosts or allowed_hosts("127.0.0.1"))
 
     # --- endpoints -------------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
     def index():
         return {"service": "kiln", "version": __version__, "api": f"/{API_VERSION}", "health": "/v1/health", "openapi": "/openapi.json"}
 
-    @app.get("/v1/health", response_model=Health, summary="Service status (no token needed)")
-    def health():
+    @app.get("/v1/health", response_model=Health, summary="Service status (without the token of a token server: only that it is up)")
+    def health(request: Request):
+        if cfg.token and not request.scope.get("state", {}).get("kiln_authenticated"):
+            return {"status": "stopping" if sup.stopping else "ok", "version": __version__, "api_version": API_VERSION, "auth": True}
         h = sup.health()
         info = h.pop("worker_info") or {}
         workers = h["workers"]
@@ -307,6 +322,7 @@ def create_app(sup: Supervisor) -> FastAPI:
                 "cancel_grace_s": cfg.cancel_grace,
                 "retention_s": cfg.retention_s,
                 "max_queue": cfg.max_queue,
+                **(cfg.caps.to_dict() if cfg.caps else {}),
             },
             "pid": os.getpid(),
             "uptime_s": round(time.time() - sup.started_at, 1),
@@ -349,6 +365,13 @@ def create_app(sup: Supervisor) -> FastAPI:
         up = await receive_job_upload(request, cfg.uploads_dir, cfg.max_upload_bytes)
         try:
             spec = parse_job_options(up.options_text, cfg.allow_fault_injection, sup.recon_option_keys())
+            if cfg.caps is not None:
+                maps = spec["options"].get("maps")
+                device = "cpu" if not cfg.gpus or spec["options"].get("device") == "cpu" else "cuda"
+                spec["options"], refusal = check_job(spec["options"], cfg.caps, spec["given"],
+                                                     len(maps) if isinstance(maps, (list, tuple)) and maps else None, device)
+                if refusal is not None:
+                    raise ApiError(422, "over_limit", refusal.message, refusal.hint)
             fmt = await anyio.to_thread.run_sync(sniff_upload, up.path, spec["kind"], max(cfg.max_upload_bytes * 10, 4 * 1024**3))
             mask = up.files.get("mask")
             mask_fmt = None
@@ -487,33 +510,7 @@ def create_app(sup: Supervisor) -> FastAPI:
 
     @app.get("/v1/doctor", summary="Diagnose the engine's environment (runs `kiln doctor --json` in a subprocess)",
              responses={501: {"model": ErrorResponse}, 502: {"model": ErrorResponse}, 504: {"model": ErrorResponse}, **ERRORS})
-    def doctor(refresh: bool = False):
-        with doctor_cache.lock:
-            if doctor_cache.value is not None and not refresh and time.time() - doctor_cache.at < 60:
-                return JSONResponse(doctor_cache.value)
-            try:
-                found = importlib.util.find_spec("engine.doctor") is not None
-            except (ImportError, ValueError):
-                found = False
-            if not found:
-                raise ApiError(501, "doctor_unavailable", "`kiln doctor` is not part of this engine build", "update the engine on the server")
-            env = dict(os.environ)
-            root = str(Path(__file__).resolve().parents[2])
-            env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-            try:
-                proc = subprocess.run(
-                    [sys.executable, "-m", "engine", "doctor", "--json"],
-                    capture_output=True, text=True, timeout=cfg.doctor_timeout, env=env, stdin=subprocess.DEVNULL,
-                )
-            except subprocess.TimeoutExpired:
-                raise ApiError(504, "doctor_timeout", f"`kiln doctor` did not finish within {cfg.doctor_timeout:g} s", "run `kiln doctor` on the server to see where it hangs")
-            try:
-                value = json.loads(proc.stdout)
-            except ValueError:
-                tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
-                raise ApiError(502, "doctor_failed", f"`kiln doctor --json` exited {proc.returncode} without JSON: {' | '.join(tail)[:300]}",
-                               "run `kiln doctor` on the server")
-            doctor_cache.value, doctor_cache.at = value, time.time()
-            return JSONResponse(value)
+    async def doctor_endpoint(request: Request, refresh: bool = False):
+        return JSONResponse(await doctor.get(refresh, request.is_disconnected))
 
     return app

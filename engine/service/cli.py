@@ -38,6 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cancel-grace", type=float, default=3.0, help="seconds a cancelled job gets to stop before its worker is killed (default 3)")
     p.add_argument("--retention-hours", type=float, default=24.0, help="finished jobs and their results are removed after this many hours (default 24)")
     p.add_argument("--max-queue", type=int, default=1000, help="most jobs waiting at once (default 1000)")
+    p.add_argument("--max-faces", type=int, default=None,
+                   help="largest input (faces) a job may send; clients may lower it, never raise it (default: what fits this machine's memory, at most 5,000,000)")
+    p.add_argument("--max-texture-size", type=int, default=None,
+                   help="largest texture_size a job may ask for (default: the largest power of two that fits this machine's memory, at most 8192)")
+    p.add_argument("--job-memory-gb", type=float, default=None,
+                   help="memory one job may plan to use; jobs estimated above it are refused at submit (default: 80%% of this machine's memory / workers)")
+    p.add_argument("--public-name", action="append", default=[], metavar="NAME",
+                   help="another host name (or address) clients reach this service by, e.g. behind a proxy; "
+                   "requests naming any other host are refused (DNS-rebinding protection). Repeatable")
     p.add_argument("--allow-fault-injection", action="store_true", help="accept the job option `fault` (tests only: crash a worker on purpose)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level (logs go to stderr)")
     p.add_argument("--access-log", action="store_true", help="log every request (to stderr)")
@@ -154,6 +163,12 @@ def run(args) -> int:
         return _fail("--max-upload-mb must be positive")
     if args.job_timeout < 0 or args.cancel_grace < 0 or args.retention_hours < 0 or args.max_queue < 1:
         return _fail("--job-timeout, --cancel-grace and --retention-hours must be >= 0, --max-queue >= 1")
+    if args.max_faces is not None and not 4 <= args.max_faces <= 10_000_000_000:
+        return _fail(f"--max-faces {args.max_faces} must be at least 4")
+    if args.max_texture_size is not None and not 16 <= args.max_texture_size <= 8192:
+        return _fail(f"--max-texture-size {args.max_texture_size} must be in 16..8192")
+    if args.job_memory_gb is not None and not args.job_memory_gb > 0:
+        return _fail("--job-memory-gb must be positive")
 
     try:
         sock = _bind(args.host, args.port)
@@ -184,6 +199,8 @@ def run(args) -> int:
     from engine.service.app import create_app
     from engine.service.config import ServiceConfig
     from engine.service.gpus import detect_gpus
+    from engine.service.guard import allowed_hosts
+    from engine.service.limits import default_caps
     from engine.service.supervisor import Supervisor
 
     gpus = detect_gpus()
@@ -199,20 +216,32 @@ def run(args) -> int:
         max_queue=args.max_queue,
         allow_fault_injection=args.allow_fault_injection,
         token=token,
+        caps=default_caps(
+            workers, max_faces=args.max_faces, max_texture_size=args.max_texture_size,
+            job_memory_bytes=int(args.job_memory_gb * 1024**3) if args.job_memory_gb else None,
+        ),
+        allowed_hosts=allowed_hosts(args.host, args.public_name),
     )
 
-    stop = {"signal": None, "server": None}
+    stop = {"signal": None, "server": None, "app": None}
 
     def on_signal(signum, frame):  # uvicorn replaces this while it runs, and re-raises into it after
         stop["signal"] = signum
         if stop["server"] is not None:
             stop["server"].should_exit = True
+        if stop["app"] is not None:
+            stop["app"].state.doctor.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
     sup = Supervisor(config)
     app = create_app(sup)
+    stop["app"] = app
+    open_note = None
+    if not token:
+        open_note = ("no token: any user and any program on this machine can submit, read and delete jobs "
+                     "(web pages cannot: foreign Host and Origin headers are refused); use --token-file on a shared machine")
     url = f"http://{_url_host(sock, args.host)}:{sock.getsockname()[1]}"
 
     class Server(uvicorn.Server):
@@ -222,7 +251,14 @@ def run(args) -> int:
                 _event(
                     event="ready", url=url, pid=os.getpid(), version=__version__, api_version=API_VERSION,
                     workers=workers, gpus=[g.name for g in gpus], data_dir=str(data_dir), auth=bool(token),
+                    limits=config.caps.to_dict(), **({"warning": open_note} if open_note else {}),
                 )
+                if open_note:
+                    print(f"kiln: warning: {open_note}", file=sys.stderr, flush=True)
+
+        def handle_exit(self, sig, frame):
+            app.state.doctor.stop()  # a doctor run in flight must not hold up the exit
+            super().handle_exit(sig, frame)
 
     uconfig = uvicorn.Config(
         app,
@@ -249,6 +285,7 @@ def run(args) -> int:
             sock.close()
         except OSError:
             pass
+        app.state.doctor.stop()
         sup.shutdown(timeout=config.cancel_grace + 20)
         lock.close()
         if temp_dir is not None:

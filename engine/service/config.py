@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from engine.service.gpus import GpuInfo
+from engine.service.limits import Caps
 
 
 @dataclass
@@ -27,7 +28,19 @@ class ServiceConfig:
     allow_fault_injection: bool = False
     token: Optional[str] = None
     worker_start_timeout: float = 300.0
+    executor: str = "local"
+    """Where jobs run (engine.service.executors): local worker processes, or a Ray cluster."""
+    ray_address: Optional[str] = None
+    """Ray cluster to join (HOST:PORT, or "auto" for $RAY_ADDRESS); None starts a local Ray instance."""
+    ray_retries: int = 1
+    """A job whose Ray worker process crashed runs again at most this many times."""
+    ray_device: str = "auto"
+    """Ray actors ask for a GPU each ("cuda"), a CPU each ("cpu"), or a GPU when the cluster has any ("auto")."""
     doctor_timeout: float = 120.0
+    caps: Optional[Caps] = None
+    """Server-side job limits (max input faces, texture size, memory per job); None = engine defaults only."""
+    allowed_hosts: frozenset = frozenset()
+    """Host header values this service answers (engine.service.guard); empty = the loopback names."""
 
     @property
     def jobs_dir(self) -> Path:

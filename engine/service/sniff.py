@@ -16,6 +16,8 @@ import struct
 import zipfile
 from pathlib import Path
 
+from engine.errors import InputError
+from engine.io.safety import MAX_GLTF_JSON_DEPTH, json_loads_limited
 from engine.service.errors import ApiError
 
 HEAD_BYTES = 64 * 1024
@@ -161,7 +163,9 @@ def _check_gltf(path: Path, head: bytes, size: int) -> None:
 
 def _check_gltf_doc(raw: bytes, what: str) -> dict:
     try:
-        doc = json.loads(raw.decode("utf-8-sig"))
+        doc = json_loads_limited(raw.decode("utf-8-sig"), MAX_GLTF_JSON_DEPTH, f"the {what} JSON")
+    except InputError as e:
+        raise ApiError(422, "bad_input", e.message, e.hint)
     except (UnicodeDecodeError, ValueError) as e:
         raise _bad(f"corrupt {what}: its JSON does not parse ({e.__class__.__name__}: {str(e)[:120]})")
     if not isinstance(doc, dict) or not isinstance(doc.get("asset"), dict):

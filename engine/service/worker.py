@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -25,6 +26,7 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 
 from engine.service import messages as M
 
@@ -120,6 +122,14 @@ def _use_scratch(path: str) -> None:
     for var in ("TMPDIR", "TEMP", "TMP"):
         os.environ[var] = path
     tempfile.tempdir = path
+
+
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-+@~]+){2,}")
+
+
+def _no_paths(text: str) -> str:
+    """``text`` with every file path cut to its last part (no server paths in answers)."""
+    return _PATH.sub(lambda m: os.path.basename(m.group(0).replace("\\", "/")), text)
 
 
 def _error(code: str, message: str, hint=None, **extra) -> dict:
@@ -220,8 +230,10 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
         err = _error("out_of_memory", f"ran out of memory in stage '{state['stage']}'", "lower faces, texture_size or view_resolution, or run fewer workers")
         M.send(conn, M.Failed(seq, err, str(state["stage"])))
     except Exception as e:
-        tb = traceback.format_exc()
-        sys.stderr.write(tb)
+        # The traceback goes to the service log only, under a short id the client gets instead.
+        error_id = uuid.uuid4().hex[:12]
+        sys.stderr.write(f"kiln worker {os.getpid()}: error {error_id} in job {msg.id}\n{traceback.format_exc()}")
+        sys.stderr.flush()
         if e.__class__.__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError
             err = _error(
                 "gpu_out_of_memory",
@@ -231,10 +243,10 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
         else:
             err = _error(
                 "internal_error",
-                f"{e.__class__.__name__} in stage '{state['stage']}': {clean(str(e))[:500]}",
-                "this is probably a bug in Kiln; the traceback is in the service log",
-                traceback=tb[-4000:],
+                f"{e.__class__.__name__} in stage '{state['stage']}': {_no_paths(clean(str(e)))[:300]}",
+                f"this is probably a bug in Kiln; the details are in the service log under error id {error_id}",
             )
+        err["error_id"] = error_id
         M.send(conn, M.Failed(seq, M.plain(err), str(state["stage"])))
     finally:
         try:
