@@ -154,11 +154,11 @@ def test_clients_cannot_raise_server_caps(server, http):
 
 def test_memory_estimate_refuses_what_does_not_fit(env_tmp, http):
     base, _, env = env_tmp
-    s = Server(["--workers", "1", "--data-dir", str(base / "data-mem"), "--job-memory-gb", "0.6"], base, env=env, name="mem")
+    s = Server(["--workers", "1", "--data-dir", str(base / "data-mem"), "--job-memory-gb", "0.6", "--max-texture-size", "8192"], base, env=env, name="mem")
     try:
         err = assert_error(submit(http, s.url, icosphere_glb(), {**FAST, "texture_size": 512}), 422, "over_limit")
         assert "GB" in err["message"] and "what fits" in err["hint"], err
-        jid = submit_ok(http, s.url, icosphere_glb(), {**FAST, "texture_size": 128, "max_faces": 20000})
+        jid = submit_ok(http, s.url, icosphere_glb(), {**FAST, "texture_size": 128, "max_faces": 5000})
         assert get_job(http, s.url, jid)["state"] != "failed"
     finally:
         s.stop()

@@ -288,7 +288,7 @@ def create_app(sup: Supervisor) -> FastAPI:
     @app.get("/v1/health", response_model=Health, summary="Service status (without the token of a token server: only that it is up)")
     def health(request: Request):
         if cfg.token and not request.scope.get("state", {}).get("kiln_authenticated"):
-            return {"status": "stopping" if sup.stopping else "ok", "version": __version__, "api_version": API_VERSION, "auth": True}
+            return JSONResponse({"status": "stopping" if sup.stopping else "ok", "version": __version__, "api_version": API_VERSION, "auth": True})
         h = sup.health()
         info = h.pop("worker_info") or {}
         workers = h["workers"]
