@@ -27,11 +27,11 @@ from typing import Optional
 MB = 1 << 20
 GB = 1 << 30
 
-BASE = 420 * MB
+BASE = 350 * MB
 """Interpreter, numpy/trimesh/Embree and the worker's imports."""
-FACE = 700
+FACE = 450
 """Bytes per input face: source arrays, simplification, the ray-tracing BVH."""
-SAMPLE = 150
+SAMPLE = 130
 """Bytes per supersampled texel shared by all channels: surface positions, normals, rays, hits."""
 CHANNEL = 40
 """Bytes per supersampled texel per baked channel: float accumulators, the least-squares fit, dilation."""
