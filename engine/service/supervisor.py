@@ -537,6 +537,12 @@ class Supervisor:
     def start(self) -> None:
         self.config.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.config.uploads_dir.mkdir(parents=True, exist_ok=True)
+        # uploads a killed service was receiving (the data dir is locked: none is in use now)
+        for p in self.config.uploads_dir.iterdir():
+            try:
+                p.unlink()
+            except OSError:
+                pass
         self._load_persisted()
         for s in self.slots:
             s.thread.start()
