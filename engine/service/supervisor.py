@@ -30,6 +30,7 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Optional
 
+from engine.io.safety import atomic_write
 from engine.service import messages as M
 from engine.service.config import ServiceConfig
 
@@ -737,9 +738,7 @@ class Supervisor:
             d = self.job_dir(job.id)
             if not d.is_dir():
                 return
-            tmp = d / "job.json.part"
-            tmp.write_text(json.dumps(job.to_persisted(), default=str))
-            os.replace(tmp, d / "job.json")
+            atomic_write(d / "job.json", json.dumps(job.to_persisted(), default=str))
         except OSError as e:
             log.warning("could not save job %s: %s", job.id, e)
 

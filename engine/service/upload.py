@@ -211,7 +211,7 @@ async def receive_job_upload(request: Request, uploads_dir: Path, max_bytes: int
                         raw_name = opts.get(b"filename")
                         current = files[name] = UploadedFile(uploads_dir / (uuid.uuid4().hex + ".part"), 0,
                                                              raw_name.decode("utf-8", "replace") if raw_name is not None else None)
-                        fh = open(current.path, "wb")
+                        fh = open(current.path, "xb")  # exclusive: never through a planted link
                         mode = "file"
                     elif name == "options":
                         if options_buf is not None:

@@ -28,6 +28,7 @@ import time
 import traceback
 import uuid
 
+from engine.io.safety import atomic_write
 from engine.service import messages as M
 
 FAULT_KINDS = ("segfault", "abort", "hang", "raise")
@@ -212,10 +213,7 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
         if not os.path.exists(msg.partial):
             raise KilnError("the pipeline finished but wrote no GLB", hint="this is a bug in Kiln; please report it", code="no_output")
         os.replace(msg.partial, msg.output)
-        tmp = msg.report + ".part"
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-        os.replace(tmp, msg.report)
+        atomic_write(msg.report, json.dumps(report, indent=1, default=str))
         timings = report.get("timings") if isinstance(report.get("timings"), dict) else {}
         M.send(conn, M.Done(seq, M.plain(timings)))
     except CancelledError as e:
