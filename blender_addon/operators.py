@@ -75,15 +75,44 @@ class _JobOperator:
             return {"FINISHED"}
         return {"FINISHED"} if kind == DONE else {"CANCELLED"}
 
-    def _options(self, settings) -> dict:
-        opts = settings.bake_options()
+    def _options(self, settings, kind: str = "bake") -> dict:
+        opts = settings.bake_options() if kind == "bake" else settings.reconstruct_options()
         if self.fault:
             opts["fault"] = self.fault
         return opts
 
 
+def _maps_text(report: dict) -> str:
+    maps = report.get("maps")
+    if isinstance(maps, dict) and maps:
+        tex = [k for k, v in maps.items() if v == "texture"]
+        fac = [k for k, v in maps.items() if v != "texture"]
+        return ", ".join(tex) + (f" (+ {', '.join(fac)} as factors)" if fac else "")
+    return "base colour"
+
+
+def bake_summary(label: str, result_name: str, tris_in, tris_out, report: dict, seconds, ignored: list) -> str:
+    """The artist's units: triangles in -> out, texture size and maps, time, what was ignored."""
+    parts = [f"{tris_in:,} → {tris_out:,} triangles" if isinstance(tris_in, int) and isinstance(tris_out, int) else ""]
+    size = report.get("texture_size")
+    if isinstance(size, int):
+        parts.append(f"{size}×{size} px {_maps_text(report)}")
+    if isinstance(seconds, (int, float)):
+        parts.append(f"{seconds:.1f} s")
+    missed = report.get("texels_missed")
+    if isinstance(missed, int) and missed > 0:
+        parts.append(f"{missed:,} texels missed by the rays (raise the cage)")
+    overlap = report.get("uv_overlap_fraction")
+    if isinstance(overlap, (int, float)) and overlap > 0:
+        parts.append(f"{overlap * 100:.1f}% of the texels have overlapping UVs")
+    text = f"{label} → {result_name} (" + ", ".join(p for p in parts if p) + ")"
+    if ignored:
+        text += "; ignored: " + "; ".join(str(x) for x in ignored)
+    return text
+
+
 class KILN_OT_bake_selected(_JobOperator, bpy.types.Operator):
-    """Bake the active object (modifiers applied) into a low-poly, UV-unwrapped, texture-baked copy"""
+    """Bake the selected objects (modifiers applied): into a new low-poly, UV-unwrapped copy (Target: New), or onto the active low-poly's own UVs (Target: Active)"""
 
     bl_idname = "kiln.bake_selected"
     bl_label = "Bake Selected"
@@ -93,50 +122,101 @@ class KILN_OT_bake_selected(_JobOperator, bpy.types.Operator):
     def poll(cls, context):
         if state.rt.busy:
             return _poll_fail(cls, "A Kiln job is running: wait for it or cancel it")
-        obj = context.active_object
-        if obj is None:
-            return _poll_fail(cls, "Select a mesh object to bake")
-        if obj.type not in scene_io.EXPORTABLE_TYPES:
-            return _poll_fail(cls, f"The active object is a {obj.type.lower()}: select a mesh")
         if context.mode != "OBJECT":
             return _poll_fail(cls, "Switch to Object Mode to bake")
+        s = _settings(context)
+        mode = s.target_mode if s is not None else "NEW"
+        try:
+            scene_io.resolve_selection(context, mode)
+        except EngineError as e:
+            return _poll_fail(cls, e.message[0].upper() + e.message[1:] + (f": {e.hint}" if e.hint else ""))
+        if s is not None and not s.maps_auto and not s.maps:
+            return _poll_fail(cls, "Choose at least one map to bake (or turn Auto on)")
         return True
 
     def execute(self, context):
         settings = _settings(context)
-        obj = context.active_object
         scene, view_layer = context.scene, context.view_layer
         workdir = state.new_workdir()
         src = os.path.join(workdir, "source.glb")
+        extra = []
+        requires = []
         try:
-            info = scene_io.export_source(obj, scene, view_layer, context.evaluated_depsgraph_get(), src)
+            sel = scene_io.resolve_selection(context, settings.target_mode)
+            depsgraph = context.evaluated_depsgraph_get()
+            info = scene_io.export_objects(sel.sources, sel.frame.matrix_world, scene, view_layer, depsgraph, src)
+            tinfo = None
+            if sel.target is not None:
+                tgt = os.path.join(workdir, "target.glb")
+                tinfo = scene_io.export_objects([sel.target], sel.frame.matrix_world, scene, view_layer, depsgraph, tgt, uv_map=sel.uv_map, materials=False, what="target")
+                extra.append(("target", "target.glb", tgt, "model/gltf-binary"))
+                requires.append("bake_target")
         except EngineError as e:
             shutil.rmtree(workdir, ignore_errors=True)
             return self._fail(e)
-        source_name = obj.name
-        matrix_at_start = obj.matrix_world.copy()  # used if the source is renamed or deleted meanwhile
+        label = sel.name
+        frame_name = sel.frame.name
+        target_name = sel.target.name if sel.target is not None else None
+        source_names = [o.name for o in sel.sources]
+        matrix_at_start = sel.frame.matrix_world.copy()  # used if the frame object is renamed or deleted meanwhile
+        uv_map = sel.uv_map
         scene_name = scene.name
         hide = settings.hide_source
-        faces_in = info["faces"]
-        spec = JobSpec("bake", src, scene_io.safe_name(source_name) + ".glb", self._options(settings), workdir, "model/gltf-binary", label=source_name)
+        tris_in = info.triangles
+        ignored = list(info.ignored)
+        deformed = info.deformed + (tinfo.deformed if tinfo else [])
+        spec = JobSpec("bake", src, scene_io.safe_name(label) + ".glb", self._options(settings), workdir, "model/gltf-binary",
+                       extra_files=extra, label=label, requires=tuple(requires))
+        posed = f"posed (evaluated) mesh of {', '.join(deformed)} at frame {scene.frame_current} baked" if deformed else ""
 
         def on_done(result: dict) -> str:
             sc = bpy.data.scenes.get(scene_name)
-            source = bpy.data.objects.get(source_name)
             if sc is None:
                 raise EngineError(f"scene {scene_name!r} is gone", hint="bake again", code="scene_gone")
             vl = _view_layer_for(sc)
-            matrix = source.matrix_world.copy() if source is not None else matrix_at_start
-            new = scene_io.import_result(result["result"], sc, vl, source_name, matrix, result.get("report"))
-            if hide and source is not None and source.name in vl.objects:
-                source.hide_set(True, view_layer=vl)
-            _undo_push(f"Kiln: bake {source_name}")
-            faces_out = len(new.data.polygons)
             rep = result.get("report") or {}
-            secs = rep.get("total_seconds")
-            return f"{source_name} → {new.name} ({faces_in} → {faces_out} faces" + (f", {secs:.1f} s" if isinstance(secs, (int, float)) else "") + ")"
+            if target_name is not None:
+                target = bpy.data.objects.get(target_name)
+                if target is None or target.type != "MESH":
+                    raise EngineError(f"the target {target_name!r} is gone", hint="bake again", code="target_gone")
+                new = scene_io.make_target_result(target, result["result"], sc, vl, uv_map, workdir, rep)
+                if target.name in vl.objects:
+                    target.hide_set(True, view_layer=vl)  # the copy sits exactly over it
+            else:
+                frame = bpy.data.objects.get(frame_name)
+                matrix = frame.matrix_world.copy() if frame is not None else matrix_at_start
+                new = scene_io.import_result(result["result"], sc, vl, label, matrix, rep)
+            if hide:
+                for n in source_names:
+                    o = bpy.data.objects.get(n)
+                    if o is not None and o.name in vl.objects:
+                        o.hide_set(True, view_layer=vl)
+            _undo_push(f"Kiln: bake {label}")
+            tris_out = rep.get("triangles_out") if target_name is None and isinstance(rep.get("triangles_out"), int) else scene_io.result_triangles(new)
+            t_in = rep.get("triangles_in") if isinstance(rep.get("triangles_in"), int) else tris_in
+            new["kiln_triangles_in"] = t_in
+            new["kiln_triangles_out"] = tris_out
+            gone = ignored + [str(x) for x in (rep.get("ignored_features") or []) if str(x) not in ignored]
+            if gone:
+                new["kiln_ignored"] = "; ".join(gone)
+            text = bake_summary(label, new.name, t_in, tris_out, rep, rep.get("total_seconds"), gone)
+            return text + (f"; {posed}" if posed else "")
 
-        return self._run(context, spec, source_name, on_done)
+        return self._run(context, spec, label, on_done)
+
+
+def mask_parts_text(report: dict) -> str:
+    """'kept the largest of 3 mask parts (62% of the mask)' when reconstruction dropped parts."""
+    mp = report.get("mask_parts")
+    if not isinstance(mp, dict):
+        mp = (report.get("reconstruct") or {}).get("mask_parts") if isinstance(report.get("reconstruct"), dict) else None
+    if not isinstance(mp, dict):
+        return ""
+    found, kept, frac = mp.get("found"), mp.get("kept"), mp.get("kept_fraction")
+    if not isinstance(found, int) or not isinstance(kept, int) or found <= kept:
+        return ""
+    what = "the largest" if kept == 1 else f"the {kept} largest"
+    return f"kept {what} of {found} mask parts" + (f" ({frac * 100:.0f}% of the mask)" if isinstance(frac, (int, float)) else "")
 
 
 class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
@@ -199,7 +279,7 @@ class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
             "reconstruct",
             img_path,
             label + os.path.splitext(img_path)[1].lower(),
-            self._options(s),
+            self._options(s, "reconstruct"),
             workdir,
             scene_io.content_type_for(img_path),
             extra_files=extra,
@@ -213,7 +293,10 @@ class KILN_OT_image_to_3d(_JobOperator, bpy.types.Operator):
             vl = _view_layer_for(sc)
             new = scene_io.import_result(result["result"], sc, vl, label, cursor, result.get("report"))
             _undo_push(f"Kiln: image to 3D {label}")
-            return f"{label} → {new.name} ({len(new.data.polygons)} faces)"
+            rep = result.get("report") or {}
+            text = f"{label} → {new.name} ({scene_io.result_triangles(new):,} triangles)"
+            note = mask_parts_text(rep)
+            return text + (f"; {note}" if note else "")
 
         return self._run(context, spec, label, on_done)
 

@@ -67,7 +67,33 @@ class KilnSceneSettings(bpy.types.PropertyGroup):
         default="AUTO",
     )
     views: IntProperty(name="Views", description="Camera views used by the GPU bake and by splat/reconstruction sources", default=100, min=1, max=1000)
-    hide_source: BoolProperty(name="Hide source", description="Hide the source object once the result is in the scene", default=True)
+    hide_source: BoolProperty(name="Hide source", description="Hide the source objects (and, in Active mode, the original low-poly) once the result is in the scene", default=True)
+    target_mode: EnumProperty(
+        name="Target",
+        description="What the selected objects bake into",
+        items=[
+            ("NEW", "New", "All selected mesh objects (modifiers, materials, placement) form one source; Kiln makes a new low-poly, UV-unwrapped result"),
+            ("ACTIVE", "Active", "Selected to Active, as in Cycles: the active mesh is the target (its vertices, UV map, modifiers and rig are kept) and the other selected meshes are the sources"),
+        ],
+        default="NEW",
+    )
+    maps_auto: BoolProperty(
+        name="Auto maps",
+        description="Bake every channel the source has (base colour always; normal when the result is simplified or a target is given; ORM and emissive when the source's materials use them)",
+        default=True,
+    )
+    maps: EnumProperty(
+        name="Maps",
+        description="The texture maps to bake (when Auto is off)",
+        items=[
+            ("BASE", "Base", "Base colour (with alpha when the source has it)"),
+            ("NORMAL", "Normal", "Tangent-space normal map (the source's detail on the low-poly)"),
+            ("ORM", "ORM", "Occlusion / roughness / metallic in one image"),
+            ("EMISSIVE", "Emissive", "Emission colour"),
+        ],
+        options={"ENUM_FLAG"},
+        default={"BASE", "NORMAL", "ORM", "EMISSIVE"},
+    )
 
     image_source: EnumProperty(name="Image", items=[("FILE", "File", "An image file on disk"), ("IMAGE", "Image", "An image in this .blend (packed images too)")], default="FILE")
     image_path: StringProperty(name="Image file", subtype="FILE_PATH", default="")
@@ -84,7 +110,21 @@ class KilnSceneSettings(bpy.types.PropertyGroup):
     mask_path: StringProperty(name="Mask file", subtype="FILE_PATH", default="")
     mask_image: PointerProperty(name="Mask image", type=bpy.types.Image)
 
+    def maps_option(self) -> str:
+        """The engine's `maps` option: "auto", or a comma list in the engine's channel order."""
+        if self.maps_auto:
+            return "auto"
+        order = ("BASE", "NORMAL", "ORM", "EMISSIVE")
+        return ",".join(m.lower() for m in order if m in self.maps)
+
     def bake_options(self) -> dict:
+        opts = {"faces": int(self.faces), "texture_size": int(self.texture_size), "device": self.device.lower(), "views": int(self.views)}
+        maps = self.maps_option()
+        if maps != "auto":  # the engine's default is auto; older engines do not know the option
+            opts["maps"] = maps
+        return opts
+
+    def reconstruct_options(self) -> dict:
         return {"faces": int(self.faces), "texture_size": int(self.texture_size), "device": self.device.lower(), "views": int(self.views)}
 
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
 
 import bpy
 
@@ -65,36 +68,209 @@ def _mesh_has_color_attributes(mesh) -> bool:
     return bool(attrs is not None and len(attrs))
 
 
+# --------------------------------------------------------------------------- selection
+
+
+class TargetMode(str, Enum):
+    NEW = "NEW"  # the selected objects form one source; the engine makes a new low-poly
+    ACTIVE = "ACTIVE"  # selected to active: the active mesh is the target, the others the sources
+
+
+@dataclass
+class BakeSelection:
+    """What a bake reads: the source objects, the optional target, and the object
+    whose frame the export uses (the result is placed with its world matrix)."""
+
+    mode: TargetMode
+    sources: list
+    target: Optional[object] = None
+    frame: Optional[object] = None
+    uv_map: str = ""  # ACTIVE: the target's UV map that is baked into
+
+    @property
+    def name(self) -> str:
+        return (self.target or self.frame).name
+
+
+def _mesh_like(o) -> bool:
+    return o is not None and o.type in EXPORTABLE_TYPES
+
+
+def bake_uv_map(obj) -> str:
+    """The UV map an Active-mode bake writes into: the active render UV map, else the active one."""
+    layers = getattr(obj.data, "uv_layers", None)
+    if not layers:
+        return ""
+    for uv in layers:
+        if getattr(uv, "active_render", False):
+            return uv.name
+    return layers.active.name if layers.active is not None else layers[0].name
+
+
+def resolve_selection(context, mode: str) -> BakeSelection:
+    """The objects a bake uses, or EngineError with what is missing (also the poll message)."""
+    mode = TargetMode(mode)
+    active = context.active_object
+    selected = [o for o in context.selected_objects if _mesh_like(o)]
+    if mode is TargetMode.NEW:
+        sources = list(selected)
+        if _mesh_like(active) and active not in sources:
+            sources.insert(0, active)
+        if not sources:
+            if active is not None:
+                raise EngineError(f"the active object is a {active.type.lower()}: select a mesh", code="no_mesh")
+            raise EngineError("select the mesh objects to bake", hint="click a mesh in the viewport (Shift+click adds more)", code="no_mesh")
+        frame = active if active in sources else sources[0]
+        sources.sort(key=lambda o: o is not frame)  # the frame object first, the rest in selection order
+        return BakeSelection(mode, sources, frame=frame)
+    if active is None or active.type != "MESH":
+        raise EngineError(
+            "Target Active: the active object must be the low-poly mesh" + (f" (it is a {active.type.lower()})" if active is not None else ""),
+            hint="select the high-poly objects, then the low-poly last (Ctrl+click makes it active)",
+            code="no_target",
+        )
+    sources = [o for o in selected if o is not active]
+    if not sources:
+        raise EngineError(
+            "Target Active needs the high-poly objects selected as well",
+            hint="select the high-poly objects, then the low-poly last",
+            code="no_source",
+        )
+    uv = bake_uv_map(active)
+    if not uv:
+        raise EngineError(
+            f"Target Active: {active.name!r} has no UV map to bake into",
+            hint="unwrap it first (UV > Smart UV Project), or set Target to New to let Kiln make a low-poly",
+            code="no_uv",
+        )
+    return BakeSelection(mode, sources, target=active, frame=active, uv_map=uv)
+
+
+def is_deformed(obj) -> bool:
+    """Skinned, shape-keyed or animated: the bake uses the evaluated (posed) mesh of the current frame."""
+    if any(m.type in ("ARMATURE", "MESH_DEFORM", "SURFACE_DEFORM", "LATTICE", "HOOK") for m in getattr(obj, "modifiers", ())):
+        return True
+    data = getattr(obj, "data", None)
+    if getattr(data, "shape_keys", None) is not None and len(data.shape_keys.key_blocks) > 1:
+        return True
+    ad = obj.animation_data
+    return bool(ad is not None and (ad.action is not None or len(ad.drivers)))
+
+
 # --------------------------------------------------------------------------- export
 
 
-def export_source(obj, scene, view_layer, depsgraph, path: str) -> dict:
-    """Write ``obj`` (modifiers applied, materials, UVs, colour attributes) to
-    the GLB ``path`` in its local frame. Returns {"faces": n, "vertices": n}."""
-    if obj is None or obj.type not in EXPORTABLE_TYPES:
-        raise EngineError("select a mesh object to bake", hint="click a mesh in the viewport so it is the active object", code="no_mesh")
-    eval_obj = obj.evaluated_get(depsgraph)
+@dataclass
+class ExportInfo:
+    """What went to the engine, in the artist's units."""
+
+    objects: int = 0
+    polygons: int = 0
+    triangles: int = 0
+    vertices: int = 0
+    materials: int = 0
+    deformed: list = field(default_factory=list)  # names of skinned/animated objects (baked as posed)
+    ignored: list = field(default_factory=list)  # what the glTF export drops, in words
+
+
+_PROCEDURAL = {"TEX_NOISE", "TEX_VORONOI", "TEX_WAVE", "TEX_MUSGRAVE", "TEX_MAGIC", "TEX_CHECKER", "TEX_BRICK", "TEX_GRADIENT", "TEX_SKY", "TEX_ENVIRONMENT", "TEX_WHITE_NOISE", "TEX_GABOR", "TEX_POINTDENSITY", "TEX_IES"}
+
+
+def material_notes(mat) -> list:
+    """What of ``mat`` the glTF exporter (and so the bake) does not carry, in words."""
+    if mat is None:
+        return []
+    if not mat.use_nodes or mat.node_tree is None:
+        return []
+    nodes = mat.node_tree.nodes
+    notes = []
+    out = next((n for n in nodes if n.type == "OUTPUT_MATERIAL" and n.is_active_output), None) or next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None)
+    shader = None
+    if out is not None and out.inputs["Surface"].links:
+        shader = out.inputs["Surface"].links[0].from_node
+    if shader is None or shader.type not in ("BSDF_PRINCIPLED", "EMISSION", "BSDF_DIFFUSE", "MIX_SHADER", "GROUP"):
+        notes.append(f"material {mat.name!r}: {shader.bl_label if shader is not None else 'no surface shader'} (only the Principled BSDF is exported)")
+    procedural = sorted({n.bl_label for n in nodes if n.type in _PROCEDURAL})
+    if procedural:
+        notes.append(f"material {mat.name!r}: procedural {', '.join(procedural)} (bake it to an image first)")
+    for n in nodes:
+        if n.type == "TEX_IMAGE" and n.image is not None and n.image.packed_file is None and n.image.source == "FILE":
+            path = bpy.path.abspath(n.image.filepath, library=n.image.library)
+            if not os.path.isfile(path):
+                notes.append(f"material {mat.name!r}: image {n.image.name!r} is missing ({path})")
+    return notes
+
+
+def _evaluated_mesh(obj, depsgraph):
     try:
-        mesh = bpy.data.meshes.new_from_object(eval_obj, preserve_all_data_layers=True, depsgraph=depsgraph)
+        mesh = bpy.data.meshes.new_from_object(obj.evaluated_get(depsgraph), preserve_all_data_layers=True, depsgraph=depsgraph)
     except RuntimeError as e:
         raise EngineError(f"could not evaluate {obj.name!r}: {e}", hint="apply or fix its modifiers", code="bad_source") from None
-    tmp = None
+    # Object-linked material slots are not in the mesh. Assign by index: clearing the list
+    # would reset every face's material index to 0 (all faces would get the first material).
+    for i, slot in enumerate(obj.material_slots):
+        if i < len(mesh.materials):
+            if mesh.materials[i] != slot.material:
+                mesh.materials[i] = slot.material
+        else:
+            mesh.materials.append(slot.material)
+    return mesh
+
+
+def export_objects(objects, frame_matrix, scene, view_layer, depsgraph, path: str, *, uv_map: Optional[str] = None, materials: bool = True, what: str = "source") -> ExportInfo:
+    """Write ``objects`` (evaluated: modifiers, shape keys, pose; their materials and UVs)
+    into one GLB at ``path``, in the frame of ``frame_matrix`` (world -> frame applied to
+    the vertices, so the engine's result is in that frame). ``uv_map``: keep only that UV
+    map (it becomes TEXCOORD_0). ``materials=False``: geometry and UVs only (a target)."""
+    for obj in objects:
+        if obj is None or obj.type not in EXPORTABLE_TYPES:
+            raise EngineError("select a mesh object to bake", hint="click a mesh in the viewport so it is the active object", code="no_mesh")
+    info = ExportInfo()
+    frame_inv = frame_matrix.inverted_safe()
+    made = []  # (object, mesh)
     selected = [o for o in view_layer.objects if o is not None and o.select_get(view_layer=view_layer)]
     active = view_layer.objects.active
     try:
-        n_faces = len(mesh.polygons)
-        if n_faces == 0:
-            raise EngineError(f"{obj.name!r} has no faces after its modifiers", hint="bake a mesh with faces (not only edges or points)", code="no_faces")
-        mesh.materials.clear()
-        for slot in obj.material_slots:
-            mesh.materials.append(slot.material)
-        has_material = any(slot.material is not None for slot in obj.material_slots)
-        tmp = bpy.data.objects.new("kiln_export_" + obj.name, mesh)  # identity transform: local frame
-        scene.collection.objects.link(tmp)
+        for obj in objects:
+            mesh = _evaluated_mesh(obj, depsgraph)
+            made.append((None, mesh))
+            if len(mesh.polygons) == 0:
+                raise EngineError(f"{obj.name!r} has no faces after its modifiers", hint="bake a mesh with faces (not only edges or points)", code="no_faces")
+            m = frame_inv @ obj.matrix_world
+            mesh.transform(m)
+            if m.to_3x3().determinant() < 0:  # a mirroring transform turns faces inside out
+                mesh.flip_normals()
+            if uv_map is not None:
+                for uv in [u for u in mesh.uv_layers if u.name != uv_map]:
+                    mesh.uv_layers.remove(uv)
+                if len(mesh.uv_layers) == 0:
+                    raise EngineError(f"{obj.name!r} has no UV map {uv_map!r}", hint="pick the UV map to bake into (Object Data > UV Maps)", code="no_uv")
+            if not materials:
+                mesh.materials.clear()
+            mesh.calc_loop_triangles()
+            info.objects += 1
+            info.polygons += len(mesh.polygons)
+            info.triangles += len(mesh.loop_triangles)
+            info.vertices += len(mesh.vertices)
+            if is_deformed(obj):
+                info.deformed.append(obj.name)
+            if materials:
+                for mat in {s.material for s in obj.material_slots if s.material is not None}:
+                    info.materials += 1
+                    for note in material_notes(mat):
+                        if note not in info.ignored:
+                            info.ignored.append(note)
+            tmp = bpy.data.objects.new(f"kiln_export_{obj.name}", mesh)  # identity transform: the frame's space
+            scene.collection.objects.link(tmp)
+            made[-1] = (tmp, mesh)
+        tmps = [t for t, _ in made]
+        has_material = materials and any(len(me.materials) and any(mm is not None for mm in me.materials) for _, me in made)
+        has_colors = any(_mesh_has_color_attributes(me) for _, me in made)
         for o in selected:
             o.select_set(False, view_layer=view_layer)
-        tmp.select_set(True, view_layer=view_layer)
-        view_layer.objects.active = tmp
+        for t in tmps:
+            t.select_set(True, view_layer=view_layer)
+        view_layer.objects.active = tmps[0]
         op = bpy.ops.export_scene.gltf
         kwargs = dict(
             filepath=path,
@@ -103,12 +279,14 @@ def export_source(obj, scene, view_layer, depsgraph, path: str) -> dict:
             use_selection=True,
             export_apply=False,  # already evaluated above
             export_yup=True,
-            export_materials="EXPORT",
+            export_materials="EXPORT" if materials else "NONE",
             export_image_format="AUTO",
             export_texcoords=True,
             export_normals=True,
-            export_vertex_color="ACTIVE" if (not has_material and _mesh_has_color_attributes(mesh)) else "MATERIAL",
-            export_active_vertex_color_when_no_material=True,
+            export_tangents=False,
+            export_vertex_color=("ACTIVE" if (not has_material and has_colors) else "MATERIAL") if materials else "NONE",
+            export_active_vertex_color_when_no_material=bool(materials),
+            export_all_vertex_colors=False,
             export_animations=False,
             export_skins=False,
             export_morph=False,
@@ -118,16 +296,18 @@ def export_source(obj, scene, view_layer, depsgraph, path: str) -> dict:
             will_save_settings=False,
         )
         if "export_vertex_color" not in _op_props(op):  # Blender < 4.2
-            kwargs["export_colors"] = True
-        with bpy.context.temp_override(**window_override(scene), active_object=tmp, object=tmp, selected_objects=[tmp]):
+            kwargs["export_colors"] = bool(materials)
+        with bpy.context.temp_override(**window_override(scene), active_object=tmps[0], object=tmps[0], selected_objects=tmps):
             res = op(**_supported(op, kwargs))
         if "FINISHED" not in res or not os.path.isfile(path):
-            raise EngineError(f"glTF export of {obj.name!r} failed", hint="see the system console for the exporter's message", code="export_failed")
-        return {"faces": n_faces, "vertices": len(mesh.vertices)}
+            names = ", ".join(repr(o.name) for o in objects)
+            raise EngineError(f"glTF export of the {what} ({names}) failed", hint="see the system console for the exporter's message", code="export_failed")
+        return info
     finally:
-        if tmp is not None:
-            bpy.data.objects.remove(tmp, do_unlink=True)
-        bpy.data.meshes.remove(mesh)
+        for tmp, mesh in made:
+            if tmp is not None:
+                bpy.data.objects.remove(tmp, do_unlink=True)
+            bpy.data.meshes.remove(mesh)
         for o in selected:
             try:
                 o.select_set(True, view_layer=view_layer)
@@ -137,6 +317,12 @@ def export_source(obj, scene, view_layer, depsgraph, path: str) -> dict:
             view_layer.objects.active = active
         except ReferenceError:
             pass
+
+
+def export_source(obj, scene, view_layer, depsgraph, path: str) -> dict:
+    """One object in its local frame (kept for scripts): {"faces": polygons, "triangles", "vertices"}."""
+    info = export_objects([obj], obj.matrix_world if obj is not None else None, scene, view_layer, depsgraph, path)
+    return {"faces": info.polygons, "triangles": info.triangles, "vertices": info.vertices}
 
 
 # --------------------------------------------------------------------------- import
@@ -266,11 +452,7 @@ def import_result(glb_path: str, scene, view_layer, name: str, matrix_world, rep
                 im.pack()  # the job folder is temporary
             except RuntimeError:
                 pass
-    if report:
-        for key in ("faces_out", "faces_in", "texture_size", "backend", "total_seconds"):
-            if key in report and isinstance(report[key], (int, float, str)):
-                obj[f"kiln_{key}"] = report[key]
-    obj["kiln_source"] = name
+    store_report(obj, report, name)
     for o in view_layer.objects:
         if o is not None and o.select_get(view_layer=view_layer):
             o.select_set(False, view_layer=view_layer)
@@ -316,3 +498,198 @@ def image_file_for_upload(image, workdir: str, stem: str) -> str:
         bpy.data.images.remove(copy)
     return out
 
+
+
+# --------------------------------------------------------------------------- Active mode: the target's copy
+
+REPORT_PROPS = ("faces_out", "faces_in", "triangles_in", "triangles_out", "texture_size", "backend", "total_seconds", "texels_missed", "uv_overlap_fraction")
+
+
+def store_report(obj, report: Optional[dict], source_name: str) -> None:
+    """The engine's report figures as custom properties ``kiln_<key>`` on the result."""
+    for key in REPORT_PROPS:
+        v = (report or {}).get(key)
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+            obj[f"kiln_{key}"] = v
+    maps = (report or {}).get("maps")
+    if isinstance(maps, dict):
+        obj["kiln_maps"] = ", ".join(f"{k}: {v}" for k, v in maps.items())
+    obj["kiln_source"] = source_name
+
+
+def _load_image(tex, workdir: str, name: str, non_color: bool):
+    path = os.path.join(workdir, safe_name(name) + tex.extension)
+    with open(path, "wb") as fh:
+        fh.write(tex.data)
+    img = bpy.data.images.load(path, check_existing=False)
+    img.name = name
+    if non_color:
+        try:
+            img.colorspace_settings.name = "Non-Color"
+        except TypeError:  # a colour-management config without that name
+            pass
+    img.pack()  # the job folder is temporary
+    return img
+
+
+def _set_input(node, names, value) -> None:
+    for n in names:
+        sock = node.inputs.get(n)
+        if sock is not None:
+            sock.default_value = value
+            return
+
+
+def _input(node, *names):
+    for n in names:
+        sock = node.inputs.get(n)
+        if sock is not None:
+            return sock
+    return None
+
+
+def build_baked_material(baked, name: str, uv_map: str, workdir: str):
+    """A new material whose Principled BSDF gets every baked map: Image Texture nodes on
+    ``uv_map`` (sRGB base/emissive, Non-Color normal/ORM), the normal map through a Normal
+    Map node on the same UV map, ORM split with Separate Color (G roughness, B metallic),
+    alpha wired when the bake has it, factors where a channel is constant."""
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    nt = mat.node_tree
+    bsdf = next(n for n in nt.nodes if n.type == "BSDF_PRINCIPLED")
+    x0, y = bsdf.location.x - 700, bsdf.location.y + 300
+    uv = nt.nodes.new("ShaderNodeUVMap")
+    uv.uv_map = uv_map
+    uv.location = (x0 - 250, y - 300)
+    images = {}
+
+    def tex_node(tex, label, non_color, row):
+        img = images.get(id(tex))
+        if img is None:
+            img = images[id(tex)] = _load_image(tex, workdir, f"{name}_{label}", non_color)
+        node = nt.nodes.new("ShaderNodeTexImage")
+        node.image = img
+        node.label = label
+        node.location = (x0, y - 300 * row)
+        nt.links.new(uv.outputs["UV"], node.inputs["Vector"])
+        return node
+
+    def scaled(sock_out, factor, row):
+        """``sock_out`` times a colour factor (skipped when the factor is 1)."""
+        if all(abs(f - 1.0) < 1e-6 for f in factor[:3]):
+            return sock_out
+        mul = nt.nodes.new("ShaderNodeVectorMath")
+        mul.operation = "MULTIPLY"
+        mul.inputs[1].default_value = tuple(factor[:3])
+        mul.location = (x0 + 300, y - 300 * row)
+        nt.links.new(sock_out, mul.inputs[0])
+        return mul.outputs[0]
+
+    bf = tuple(baked.base_color_factor) + (1.0,) * (4 - len(baked.base_color_factor))
+    if baked.base_color is not None:
+        node = tex_node(baked.base_color, "basecolor", False, 0)
+        nt.links.new(scaled(node.outputs["Color"], bf, 0), bsdf.inputs["Base Color"])
+        if baked.alpha_mode != "OPAQUE":
+            alpha = node.outputs["Alpha"]
+            if abs(bf[3] - 1.0) > 1e-6:
+                m = nt.nodes.new("ShaderNodeMath")
+                m.operation = "MULTIPLY"
+                m.inputs[1].default_value = bf[3]
+                nt.links.new(alpha, m.inputs[0])
+                alpha = m.outputs[0]
+            if baked.alpha_mode == "MASK":
+                m = nt.nodes.new("ShaderNodeMath")
+                m.operation = "GREATER_THAN"
+                m.inputs[1].default_value = baked.alpha_cutoff
+                nt.links.new(alpha, m.inputs[0])
+                alpha = m.outputs[0]
+            nt.links.new(alpha, bsdf.inputs["Alpha"])
+    else:
+        bsdf.inputs["Base Color"].default_value = bf
+        if baked.alpha_mode != "OPAQUE":
+            _set_input(bsdf, ("Alpha",), bf[3])
+    if baked.alpha_mode != "OPAQUE":
+        for attr, value in (("surface_render_method", "DITHERED" if baked.alpha_mode == "MASK" else "BLENDED"), ("blend_method", "CLIP" if baked.alpha_mode == "MASK" else "BLEND")):
+            if hasattr(mat, attr):
+                try:
+                    setattr(mat, attr, value)
+                except (TypeError, AttributeError):
+                    pass
+    if baked.metallic_roughness is not None:
+        node = tex_node(baked.metallic_roughness, "orm", True, 1)
+        sep = nt.nodes.new("ShaderNodeSeparateColor")
+        sep.location = (x0 + 300, y - 300)
+        nt.links.new(node.outputs["Color"], sep.inputs[0])
+        for out_name, in_name, factor in (("Green", "Roughness", baked.roughness_factor), ("Blue", "Metallic", baked.metallic_factor)):
+            sock = sep.outputs[out_name]
+            if abs(factor - 1.0) > 1e-6:
+                m = nt.nodes.new("ShaderNodeMath")
+                m.operation = "MULTIPLY"
+                m.inputs[1].default_value = factor
+                nt.links.new(sock, m.inputs[0])
+                sock = m.outputs[0]
+            nt.links.new(sock, bsdf.inputs[in_name])
+    else:
+        bsdf.inputs["Metallic"].default_value = baked.metallic_factor
+        bsdf.inputs["Roughness"].default_value = baked.roughness_factor
+    if baked.normal is not None:
+        node = tex_node(baked.normal, "normal", True, 2)
+        nm = nt.nodes.new("ShaderNodeNormalMap")
+        nm.space = "TANGENT"
+        nm.uv_map = uv_map
+        nm.inputs["Strength"].default_value = baked.normal_scale
+        nm.location = (x0 + 300, y - 600)
+        nt.links.new(node.outputs["Color"], nm.inputs["Color"])
+        nt.links.new(nm.outputs["Normal"], bsdf.inputs["Normal"])
+    emission = _input(bsdf, "Emission Color", "Emission")
+    ef = tuple(baked.emissive_factor)
+    if emission is not None and (baked.emissive is not None or any(c > 0 for c in ef)):
+        if baked.emissive is not None:
+            node = tex_node(baked.emissive, "emissive", False, 3)
+            nt.links.new(scaled(node.outputs["Color"], ef, 3), emission)
+        else:
+            emission.default_value = ef[:3] + (1.0,)
+        _set_input(bsdf, ("Emission Strength",), 1.0)
+    return mat
+
+
+def make_target_result(target, glb_path: str, scene, view_layer, uv_map: str, workdir: str, report: Optional[dict] = None):
+    """Active mode: a copy of ``target`` (same vertices, UVs, modifiers, vertex groups, parent
+    and rig; its own copy of the mesh data) named ``<target>_kiln`` in the Kiln collection,
+    carrying one new material with the baked maps of ``glb_path`` on ``uv_map``."""
+    from .core.glb import read_baked_material
+
+    baked = read_baked_material(glb_path)
+    if baked.base_color is None and baked.normal is None and baked.metallic_roughness is None and baked.emissive is None:
+        raise EngineError("the engine's result carries no baked texture", hint="update the engine; the result GLB is kept in the job folder", code="bad_result")
+    if uv_map not in target.data.uv_layers:
+        raise EngineError(f"{target.name!r} lost its UV map {uv_map!r} while the engine worked", hint="bake again", code="no_uv")
+    name = f"{target.name}_kiln"
+    mat = build_baked_material(baked, name, uv_map, workdir)
+    obj = target.copy()  # modifiers, constraints, parent (armature), vertex-group names, animation
+    obj.data = target.data.copy()  # the original's mesh and materials stay untouched
+    obj.name = name
+    obj.data.name = name
+    obj.data.materials.clear()  # one material for every face
+    obj.data.materials.append(mat)
+    coll = kiln_collection(scene)
+    coll.objects.link(obj)
+    _unexclude(view_layer, coll)
+    obj.hide_set(False, view_layer=view_layer)
+    obj.hide_viewport = False
+    obj.hide_render = False
+    store_report(obj, report, target.name)
+    obj["kiln_uv_map"] = uv_map
+    for o in view_layer.objects:
+        if o is not None and o.select_get(view_layer=view_layer):
+            o.select_set(False, view_layer=view_layer)
+    obj.select_set(True, view_layer=view_layer)
+    view_layer.objects.active = obj
+    view_layer.update()
+    return obj
+
+
+def result_triangles(obj) -> int:
+    me = obj.data
+    me.calc_loop_triangles()
+    return len(me.loop_triangles)

@@ -87,6 +87,37 @@ def draw_engine_status(layout, context) -> None:
         box.label(text=f"local engine running (pid {pid})")
 
 
+def draw_target(layout, context, s) -> None:
+    """Target: New / Active, with what the current selection means for it."""
+    from . import scene_io
+    from .core.client import EngineError
+
+    box = layout.box()
+    box.label(text="Target")
+    box.row().prop(s, "target_mode", expand=True)
+    try:
+        sel = scene_io.resolve_selection(context, s.target_mode)
+    except EngineError as e:
+        _wrapped(box, e.hint or e.message, context, icon="INFO")
+        return
+    if sel.target is not None:
+        n = len(sel.sources)
+        _wrapped(box, f"{n} source{'s' if n != 1 else ''} → {sel.target.name} (UV map {sel.uv_map}; its mesh, modifiers and rig are kept)", context, icon="MOD_SHRINKWRAP")
+    elif len(sel.sources) > 1:
+        _wrapped(box, f"{len(sel.sources)} objects → one new low-poly", context, icon="OBJECT_DATA")
+    posed = [o.name for o in sel.sources + ([sel.target] if sel.target else []) if scene_io.is_deformed(o)]
+    if posed:
+        _wrapped(box, f"Skinned/animated: the posed mesh of frame {context.scene.frame_current} is baked ({', '.join(posed[:3])}{'…' if len(posed) > 3 else ''})", context, icon="ARMATURE_DATA")
+
+
+def draw_maps(layout, s) -> None:
+    row = layout.row(align=True)
+    row.prop(s, "maps_auto", text="Auto maps", toggle=True)
+    sub = row.row(align=True)
+    sub.enabled = not s.maps_auto
+    sub.prop(s, "maps", expand=True)
+
+
 class _KilnSidebar:
     """Where every Kiln panel lives: View3D > Sidebar > Kiln."""
 
@@ -106,6 +137,8 @@ class KILN_PT_main(_KilnSidebar, bpy.types.Panel):
         col.prop(s, "texture_size")
         col.prop(s, "views")
         layout.row().prop(s, "device", expand=True)
+        draw_target(layout, context, s)
+        draw_maps(layout, s)
         layout.prop(s, "hide_source")
         row = layout.row()
         row.scale_y = 1.5

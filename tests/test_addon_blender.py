@@ -692,7 +692,9 @@ def sc_quit_with_engine(cfg):
 SCENARIOS = {k[3:]: v for k, v in globals().items() if k.startswith("sc_")}
 
 
-def blender_main(cfg: dict) -> None:
+def blender_main(cfg: dict, scenarios: dict | None = None) -> None:
+    """Install the zip, set the preferences, run ``cfg["scenarios"]`` (from ``scenarios``, default this file's)."""
+    scenarios = scenarios or SCENARIOS
     import bpy
 
     res = bpy.ops.extensions.package_install_files(filepath=cfg["zip"], repo="user_default", enable_on_install=True)
@@ -703,7 +705,7 @@ def blender_main(cfg: dict) -> None:
     for name in cfg["scenarios"]:
         t0 = time.monotonic()
         try:
-            out = SCENARIOS[name](cfg)
+            out = scenarios[name](cfg)
         except Exception:
             out = {"driver_exception": traceback.format_exc()}
         out["_seconds"] = round(time.monotonic() - t0, 2)
@@ -717,85 +719,11 @@ if __name__ != "__main__":
 
     pytestmark = pytest.mark.blender
 
-    def _free_port() -> int:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        return port
-
-    @pytest.fixture(scope="module")
-    def addon_zip(tmp_path_factory):
-        out = tmp_path_factory.mktemp("dist")
-        r = subprocess.run([sys.executable, str(ROOT / "build_addon.py"), "-o", str(out)], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stderr
-        return r.stdout.strip()
-
-    def _service_available() -> bool:
-        r = subprocess.run([sys.executable, "-m", "engine", "serve", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-        return r.returncode == 0 and "--allow-fault-injection" in r.stdout
-
-    @pytest.fixture(scope="module")
-    def engine_service(tmp_path_factory, kiln_env_module):
-        if not _service_available():
-            pytest.skip("`kiln serve` is not available in this checkout")
-        data = tmp_path_factory.mktemp("kiln-data")
-        token = "addon-test-token"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "serve", "--port", "0", "--token", token, "--workers", "1", "--allow-fault-injection",
-             "--cancel-grace", "2", "--data-dir", str(data)],
-            cwd=ROOT, env=kiln_env_module, stdout=subprocess.PIPE, stderr=open(data / "serve.log", "wb"), text=True,
-        )
-        line = proc.stdout.readline()
-        try:
-            ready = json.loads(line)
-        except ValueError:
-            proc.kill()
-            raise AssertionError(f"kiln serve did not announce itself: {line!r}\n{(data / 'serve.log').read_text()[-3000:]}")
-        deadline = time.monotonic() + 60  # wait for the worker, so health lists the backends
-        while time.monotonic() < deadline:
-            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(ready["url"] + "/v1/health", timeout=5) as resp:
-                if json.load(resp).get("backends"):
-                    break
-            time.sleep(0.2)
-        yield {"url": ready["url"], "token": token, "proc": proc}
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-    @pytest.fixture(scope="module")
-    def kiln_env_module():
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+    from blender_harness import _free_port, _service_available, addon_zip, engine_service, kiln_env_module  # noqa: F401  (fixtures)
+    from blender_harness import run_driver as _run_driver
 
     def run_driver(addon_zip, tmp_path_factory, scenarios, prefs, extra=None, timeout=600) -> dict:
-        home = tmp_path_factory.mktemp("blender-user")
-        cfg = {"zip": addon_zip, "scenarios": scenarios, "prefs": prefs, **(extra or {})}
-        cfg_path = home / "cfg.json"
-        cfg_path.write_text(json.dumps(cfg))
-        env = dict(os.environ)
-        env["BLENDER_USER_RESOURCES"] = str(home / "user")  # isolated extensions, prefs, caches
-        env.pop("PYTHONPATH", None)  # the add-on must not find `engine` through Blender's Python
-        t0 = time.monotonic()
-        r = subprocess.run([sys.executable, __file__, str(cfg_path)], cwd=str(home), env=env, capture_output=True, text=True, timeout=timeout)
-        wall = time.monotonic() - t0
-        results = {}
-        for line in r.stdout.splitlines():
-            if line.startswith("KILN_RESULT "):
-                d = json.loads(line[len("KILN_RESULT "):])
-                results[d.pop("scenario")] = d
-        log = (r.stdout[-4000:] + "\n--- stderr ---\n" + r.stderr[-4000:])
-        assert "install" in results, f"driver failed (rc {r.returncode}):\n{log}"
-        for name in scenarios:
-            assert name in results, f"scenario {name} produced no result (rc {r.returncode}):\n{log}"
-            assert "driver_exception" not in results[name], results[name]["driver_exception"] + "\n" + log
-        results["_log"] = log
-        print(f"blender driver: {wall:.1f} s; scenarios (s):", {k: v.get("_seconds") for k, v in results.items() if isinstance(v, dict)})
-        return results
+        return _run_driver(__file__, addon_zip, tmp_path_factory, scenarios, prefs, extra, timeout)
 
     @pytest.fixture(scope="module")
     def remote(addon_zip, engine_service, tmp_path_factory):

@@ -160,6 +160,12 @@ class JobSpec:
     content_type: str = "application/octet-stream"
     extra_files: list = field(default_factory=list)  # (field, filename, path, content_type)
     label: str = ""
+    requires: tuple = ()  # engine features the job needs (health "features"), e.g. "bake_target"
+
+
+FEATURE_HINTS = {
+    "bake_target": "this engine cannot bake onto a target mesh (Target: Active)",
+}
 
 
 class JobTask(Task):
@@ -212,8 +218,23 @@ class JobTask(Task):
                 hint="lower the source's resolution (e.g. a Decimate modifier) or start the engine with a larger --max-upload-mb",
                 code="upload_too_large",
             )
-        self.progress("uploading", "upload", 0.0, "")
+        features = health.get("features")
+        for need in spec.requires:
+            if not isinstance(features, (list, tuple)) or need not in features:
+                raise EngineError(
+                    FEATURE_HINTS.get(need, f"this engine lacks the feature {need!r}"),
+                    hint="update the engine (`kiln serve`) to this add-on's version, or set Target to New",
+                    code="unsupported_feature",
+                )
         options = dict(spec.options)
+        known = health.get("bake_options")
+        if isinstance(known, (list, tuple)):
+            dropped = sorted(k for k in options if k not in known and k not in ("fault",))
+            for k in dropped:
+                options.pop(k)
+            if dropped:
+                self.post(NOTE, f"this engine does not know the option(s) {', '.join(dropped)}: baked without them (update the engine)")
+        self.progress("uploading", "upload", 0.0, "")
         options["kind"] = spec.kind
         self.engine_job_id = client.submit(spec.upload, spec.filename, options, spec.content_type, spec.extra_files, on_upload=self._upload_progress)
         timeout = self.settings.job_timeout if self.settings.job_timeout and self.settings.job_timeout > 0 else None

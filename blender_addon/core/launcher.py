@@ -164,7 +164,9 @@ class LocalEngine:
                 tail = _tail(self.stderr_path) or _tail(self.stdout_path)
                 hint = "check that Kiln's engine is installed in that environment (`<python> -m engine doctor`)"
                 if "No module named engine" in tail or "No module named 'engine'" in tail:
-                    hint = "the engine is not installed in that Python: `pip install kiln-engine` (or add its folder to PYTHONPATH in 'Extra environment')"
+                    hint = ("the engine is not installed in that Python: from a Kiln checkout run "
+                            "`python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e .` "
+                            "and set Engine Python to that .venv/bin/python (or add the checkout to PYTHONPATH in 'Extra environment')")
                 raise EngineError(
                     f"the local engine {describe_exit(code)} before it was ready" + (f": {tail.splitlines()[-1]}" if tail else ""),
                     hint=hint + f"; full log: {self.stderr_path}",
