@@ -17,6 +17,7 @@ from engine import __version__
 SUBCOMMANDS = {
     "bake": ("engine.pipeline.cli", "bake a mesh (GLB/glTF/OBJ/PLY) or splat PLY into a low-poly textured GLB"),
     "reconstruct": ("engine.reconstruct.cli", "single image (+ mask) -> textured 3D object GLB"),
+    "batch": ("engine.batch.cli", "bake every model of a folder or a manifest, on this machine or on a Ray cluster"),
     "serve": ("engine.service.cli", "run the engine service (HTTP jobs API, supervised GPU workers)"),
     "doctor": ("engine.doctor", "diagnose the engine's environment (CUDA, nvcc, nvdiffrast, ...)"),
     "demo": ("engine.demo", "bake the bundled sample on the CPU and write a GLB + preview PNG"),

@@ -169,10 +169,14 @@ class Job:
 
 
 class WorkerSlot:
-    """One worker process at a time, supervised by one thread."""
+    """One worker process at a time, supervised by one thread: the ``local`` executor's slot.
 
-    def __init__(self, sup: "Supervisor", index: int, gpu):
-        self.sup = sup
+    It pulls jobs from any ``engine.service.executors.base.JobQueue`` (the service's
+    ``Supervisor`` or a ``kiln batch`` run) and reports every outcome through its public methods.
+    """
+
+    def __init__(self, sup, index: int, gpu):
+        self.sup = sup  # a JobQueue
         self.index = index
         self.gpu = gpu  # GpuInfo or None
         self.state = "starting"
@@ -205,6 +209,21 @@ class WorkerSlot:
             "gpu_names": info.get("gpu_names"),
             "cuda_visible_devices": info.get("cuda_visible_devices"),
         }
+
+    def where(self) -> dict:
+        """Where this slot's jobs run (for kiln batch's summary)."""
+        import socket
+
+        info = self.info or {}
+        gpu = None
+        if self.gpu is not None:
+            gpu = f"{self.gpu.name} ({self.gpu.visible_id})" if self.gpu.name else str(self.gpu.visible_id)
+        return {"node": socket.gethostname(), "gpu": gpu, "worker": f"local worker {self.index} (pid {self.pid})",
+                "backends": info.get("backends")}
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            self._kill()
 
     # -- process management ---------------------------------------------------------------------
     def _start(self) -> bool:
@@ -317,7 +336,7 @@ class WorkerSlot:
                         backoff = min(backoff * 2, 30.0)
                         continue
                     backoff = 1.0
-                job = self.sup._take(self, timeout=0.5)
+                job = self.sup.take(self, timeout=0.5)
                 if job is not None:
                     self._run(job)
         except Exception:  # pragma: no cover - a bug here must not go unnoticed
@@ -335,11 +354,12 @@ class WorkerSlot:
         sup = self.sup
         cfg = sup.config
         jdir = sup.job_dir(job.id)
+        inputs = sup.inputs(job)
         msg = M.JobRequest(
             seq=job.seq,
             id=job.id,
             kind=job.kind,
-            input=str(jdir / job.input_file),
+            input=str(inputs.input),
             partial=str(jdir / "result.partial.glb"),
             output=str(jdir / "result.glb"),
             report=str(jdir / "report.json"),
@@ -347,8 +367,8 @@ class WorkerSlot:
             options=job.options,
             recon_options=job.recon_options,
             fault=job.fault,
-            mask=str(jdir / job.mask_file) if job.mask_file else None,
-            target=str(jdir / job.target_file) if job.target_file else None,
+            mask=str(inputs.mask) if inputs.mask else None,
+            target=str(inputs.target) if inputs.target else None,
             source_name=job.source_name,
         )
         self.acked = False
@@ -358,7 +378,7 @@ class WorkerSlot:
             M.send(self.conn, msg)
         except (OSError, ValueError):
             # The worker went away between its hello and this job: the job never started.
-            sup._requeue(job)
+            sup.requeue(job)
             return
         self.state = "busy"
         self.job_id = job.id
@@ -383,7 +403,7 @@ class WorkerSlot:
                     elif now >= cancel_deadline:
                         stage = job.stage
                         self._recycle(f"killed: job {job.id} did not stop within {cfg.cancel_grace:g} s of its cancel")
-                        sup._finish(
+                        sup.finish(
                             job,
                             "cancelled",
                             message=f"cancelled in stage '{stage}' (the worker did not stop within {cfg.cancel_grace:g} s and was restarted)",
@@ -393,7 +413,7 @@ class WorkerSlot:
                 if cfg.job_timeout and now - t0 > cfg.job_timeout:
                     stage = job.stage or "start"
                     self._recycle(f"killed: job {job.id} timed out")
-                    sup._finish(
+                    sup.finish(
                         job,
                         "failed",
                         error={
@@ -455,18 +475,18 @@ class WorkerSlot:
             return False
         self.acked = True  # the worker has the job (it reports "start" before any work)
         if isinstance(m, M.Progress):
-            sup._on_progress(job, m.stage, m.fraction, m.message)
+            sup.progress(job, m.stage, m.fraction, m.message)
             return False
         if isinstance(m, M.Done):
-            sup._finish(job, "succeeded", message="done", timings=m.timings)
+            sup.finish(job, "succeeded", message="done", timings=m.timings)
             return True
         if isinstance(m, M.Failed):
             err = dict(m.error)
             err.setdefault("stage", m.stage)
-            sup._finish(job, "failed", error=err, stage=m.stage)
+            sup.finish(job, "failed", error=err, stage=m.stage)
             return True
         if isinstance(m, M.Cancelled):
-            sup._finish(
+            sup.finish(
                 job,
                 "cancelled",
                 message=m.message or "cancelled",
@@ -503,7 +523,7 @@ class WorkerSlot:
             log.warning("worker %d %s; job %s goes back to the queue", self.index, self.last_exit, job.id)
             self._forget()
             job.requeues += 1
-            self.sup._requeue(job)
+            self.sup.requeue(job)
             return
         stage = job.stage or "start"
         err = describe_exit(code, stage)
@@ -511,12 +531,12 @@ class WorkerSlot:
         log.warning("worker %d: %s", self.index, self.last_exit)
         self._forget()
         if job.cancel_requested:
-            self.sup._finish(
+            self.sup.finish(
                 job, "cancelled", message=f"cancelled in stage '{stage}'",
                 error={"code": "cancelled", "message": f"cancelled in stage '{stage}'", "hint": None, "forced": True, "stage": stage},
             )
         else:
-            self.sup._finish(job, "failed", error=err)
+            self.sup.finish(job, "failed", error=err)
 
 
 class Supervisor:
@@ -529,8 +549,9 @@ class Supervisor:
         self.stopping = False
         self.stop_event = threading.Event()
         self._seq = itertools.count(1)
-        gpus = list(config.gpus)
-        self.slots = [WorkerSlot(self, i, gpus[i % len(gpus)] if gpus else None) for i in range(max(1, config.workers))]
+        from engine.service.executors import make_slots
+
+        self.slots = make_slots(config.executor, self, config)  # where jobs run: local worker processes, a Ray cluster, ...
         self._sweeper = threading.Thread(target=self._sweep_loop, name="kiln-sweeper", daemon=True)
         self.started_at = time.time()
 
@@ -571,8 +592,7 @@ class Supervisor:
         for s in self.slots:
             s.thread.join(max(0.1, deadline - time.monotonic()))
         for s in self.slots:
-            if s.proc is not None and s.proc.is_alive():
-                s._kill()
+            s.kill()
         self._sweeper.join(2)
 
     # -- jobs -----------------------------------------------------------------------------------
@@ -658,8 +678,19 @@ class Supervisor:
     def result_path(self, job_id: str, name: str) -> Path:
         return self.job_dir(job_id) / name
 
-    # -- called by the slots --------------------------------------------------------------------
-    def _take(self, slot: WorkerSlot, timeout: float) -> Optional[Job]:
+    # -- called by the slots (engine.service.executors.base.JobQueue) ----------------------------
+    def inputs(self, job: Job):
+        from engine.service.executors.base import JobInputs
+
+        d = self.job_dir(job.id)
+        target_file = getattr(job, "target_file", None)
+        return JobInputs(
+            input=d / job.input_file,
+            target=d / target_file if target_file else None,
+            mask=d / job.mask_file if job.mask_file else None,
+        )
+
+    def take(self, slot, timeout: float) -> Optional[Job]:
         with self.cond:
             if not self.queue and not self.stopping:
                 self.cond.wait(timeout)
@@ -676,7 +707,7 @@ class Supervisor:
             job.enter_stage("start", time.monotonic())
             return job
 
-    def _requeue(self, job: Job) -> None:
+    def requeue(self, job: Job) -> None:
         with self.cond:
             if job.state != "running":
                 return
@@ -693,7 +724,7 @@ class Supervisor:
                 self.queue.appendleft(job.id)
                 self.cond.notify()
 
-    def _on_progress(self, job: Job, stage: str, fraction: float, message: str) -> None:
+    def progress(self, job: Job, stage: str, fraction: float, message: str) -> None:
         with self.lock:
             if job.state != "running":
                 return
@@ -703,7 +734,7 @@ class Supervisor:
             if not job.cancel_requested:
                 job.message = message or stage
 
-    def _finish(self, job: Job, state: str, message: Optional[str] = None, error: Optional[dict] = None,
+    def finish(self, job: Job, state: str, message: Optional[str] = None, error: Optional[dict] = None,
                 stage: Optional[str] = None, timings: Optional[dict] = None) -> None:
         with self.cond:
             if job.state in TERMINAL:
