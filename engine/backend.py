@@ -1,22 +1,63 @@
 """The one place where the compute backend (cuda or cpu) is chosen.
 
-Nothing else in Kiln looks at torch.cuda or imports nvdiffrast directly to
-decide a device: stage modules receive the resolved ``Backend``.
+``resolve(device)`` returns a ``Backend`` strategy object, once per bake:
+its ``device`` (torch), capability flags, and the operations that differ
+between backends -- rasterising the target in UV space (``texels``),
+finding source hits for texels and blending channel values at them
+(``gather``), rendering for the held-out metric (``render_pairs``). Nothing
+else in Kiln looks at torch.cuda, imports nvdiffrast to decide a device, or
+compares a backend's name.
+
+Backends are a registry (name -> module, class), like the reconstruction
+backends: ``cuda`` (engine.bake.cuda, nvdiffrast) and ``cpu``
+(engine.bake.cpu, Embree). nvdiffrast's licence is non-commercial
+(NVIDIA Source Code License); the ``cpu`` backend is the commercial-safe one.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import importlib
+from typing import ClassVar
 
 from engine.errors import BackendError
 
+BACKENDS: dict[str, tuple[str, str]] = {
+    "cuda": ("engine.bake.cuda", "CudaBackend"),
+    "cpu": ("engine.bake.cpu", "CpuBackend"),
+}
 
-@dataclass(frozen=True)
+
 class Backend:
-    name: str  # "cuda" or "cpu"
-    device: str  # torch device string
-    reason: str = ""
+    """Strategy of one compute backend. Subclasses implement the operations; see engine.bake.cpu / cuda."""
+
+    name: ClassVar[str] = "?"
+    device: str = "cpu"
+    supports_splats: ClassVar[bool] = False  # gsplat view rendering (splat sources)
+    licence_note: ClassVar[str] = ""
+
+    def __init__(self, reason: str = ""):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} ({self.reason})>"
+
+    # -- operations ------------------------------------------------------------------------------
+    def texels(self, uv, faces, size: int):
+        """Rasterise the target in UV space -> engine.bake.texel.TexelSet on this device."""
+        raise NotImplementedError
+
+    def gather(self, surface, sample, P, N, tol: float, options, progress, origins=None):
+        """Blend ``sample(face, bary)`` values of the source seen from texels at P (T,3) with normals N (T,3).
+
+        -> (values (T,C) tensor, hit (T,) bool tensor, info dict). ``tol``: the cage distance.
+        ``origins`` (T,3): ray origins from a cage mesh (rays go from there through P), where supported.
+        """
+        raise NotImplementedError
+
+    def render_pairs(self, src, res, cams, progress=None):
+        """Render source and result (base colour, unlit) from cams -> list of numpy (ca, ma, cb, mb)."""
+        raise NotImplementedError
 
 
 def torch_cuda_status() -> tuple[bool, str]:
@@ -62,11 +103,16 @@ def gpu_names() -> list[str]:
     return []
 
 
+def _make(name: str, reason: str) -> Backend:
+    mod, cls = BACKENDS[name]
+    return getattr(importlib.import_module(mod), cls)(reason)
+
+
 def resolve(device: str = "auto") -> Backend:
     """Turn 'auto' | 'cuda' | 'cpu' into a usable Backend, or raise BackendError."""
     device = (device or "auto").lower()
     if device == "cpu":
-        return Backend("cpu", "cpu", "requested")
+        return _make("cpu", "requested")
     ok, why = cuda_status()
     if device == "cuda":
         if not ok:
@@ -75,9 +121,9 @@ def resolve(device: str = "auto") -> Backend:
                 hint="install a CUDA build of torch and nvdiffrast (see README, GPU set-up), run `kiln doctor`, or use --device cpu",
                 code="cuda_unavailable",
             )
-        return Backend("cuda", "cuda", "requested")
+        return _make("cuda", "requested")
     if device == "auto":
         if ok:
-            return Backend("cuda", "cuda", "auto: GPU found")
-        return Backend("cpu", "cpu", f"auto: {why}")
+            return _make("cuda", "auto: GPU found")
+        return _make("cpu", f"auto: {why}")
     raise BackendError(f"unknown device {device!r}", hint="use auto, cuda or cpu", code="bad_option")

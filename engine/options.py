@@ -40,6 +40,12 @@ class BakeOptions:
     eval_resolution: int = 512
     max_faces: int = 5_000_000
     """Inputs with more faces are refused before any GPU call."""
+    maps: str = "auto"
+    """Channels to bake: auto (every channel the source has, plus normal when the geometry changes), all, or a comma list of base,normal,orm,emissive."""
+    uv_set: int = 0
+    """Target mode: which UV set (TEXCOORD_n) of the target to bake into."""
+    unwrap: bool = False
+    """Target mode: ignore the target's UVs and make a new atlas (xatlas)."""
     simplify_aggression: int = 5
     """fast-simplification aggressiveness (0..10): 5 keeps closed meshes closed (7 left non-manifold edges on ~40% of closed test shapes) at the same speed."""
 
@@ -61,6 +67,13 @@ class BakeOptions:
         need(isinstance(self.eval_views, int) and 1 <= self.eval_views <= 64, f"eval_views={self.eval_views!r} must be in 1..64")
         need(isinstance(self.eval_resolution, int) and 32 <= self.eval_resolution <= 2048, f"eval_resolution={self.eval_resolution!r} must be in 32..2048")
         need(isinstance(self.max_faces, int) and self.max_faces >= 4, f"max_faces={self.max_faces!r} must be an integer >= 4")
+        if isinstance(self.maps, str):
+            from engine.bake.channels import parse_maps
+
+            parse_maps(self.maps)  # raises InputError naming the bad map
+        need(isinstance(self.maps, str), f"maps={self.maps!r} must be a string such as 'auto', 'all' or 'base,normal'")
+        need(isinstance(self.uv_set, int) and not isinstance(self.uv_set, bool) and 0 <= self.uv_set <= 7, f"uv_set={self.uv_set!r} must be an integer in 0..7")
+        need(isinstance(self.unwrap, bool), f"unwrap={self.unwrap!r} must be true or false")
         need(isinstance(self.simplify_aggression, int) and 0 <= self.simplify_aggression <= 10, "simplify_aggression must be in 0..10")
         return self
 

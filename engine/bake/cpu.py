@@ -1,10 +1,11 @@
 """CPU bake backend: Embree rays from the target surface to the source.
 
-For every texel covered by the low-poly mesh in UV space we know its 3D
-position p and (smooth) normal n. Like Blender's "selected to active" bake we
-cast rays from p along +n and along -n up to a cage distance and take the
-source colour at the nearest hit; texels whose rays miss are retried with a
-4x cage, then left uncovered for the dilation stage to fill.
+For every texel covered by the target in UV space we know its 3D position p
+and shading normal n. Like Blender's "selected to active" bake we cast rays
+from p along +n and along -n up to a cage distance and take the nearest hit
+(with a cage mesh: one ray from the cage point through p, as Cycles does);
+texels whose rays miss are retried with a 4x cage, then left uncovered for
+the fill stage. The hit (source face + barycentrics) goes to the channels.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torch
 
-from engine.bake.texel import edge_ring, rasterize_uv, vertex_normals
-from engine.mesh.source import shade
+from engine.backend import Backend
+from engine.bake.texel import texels_cpu
 
 RAY_BATCH = 262_144
 
@@ -28,6 +30,14 @@ def _scene(src):
     return scene
 
 
+def scene_for(src):
+    """The Embree scene of ``src``, built once per mesh object."""
+    cache = src.__dict__.setdefault("_embree", {})
+    if "scene" not in cache:
+        cache["scene"] = _scene(src)
+    return cache["scene"]
+
+
 def cast(scene, origins: np.ndarray, dirs: np.ndarray, dist: float | np.ndarray):
     """First hits: (prim (K,) int32 -1 on miss, bary (K,3) f32, t (K,) f32)."""
     d = np.full(len(origins), dist, np.float32) if np.isscalar(dist) else np.asarray(dist, np.float32)
@@ -38,81 +48,105 @@ def cast(scene, origins: np.ndarray, dirs: np.ndarray, dist: float | np.ndarray)
     return r["primID"].astype(np.int32), bary, r["tfar"].astype(np.float32)
 
 
-def transfer(scene, src, p: np.ndarray, n: np.ndarray, cage: float, progress=None, p_lo=0.0, p_hi=1.0):
-    """Nearest source hit along +-n within cage for points p -> (colours (K,3), hit mask (K,))."""
+def find_hits(scene, p: np.ndarray, n: np.ndarray, cage: float, origins: np.ndarray | None = None):
+    """Nearest source hit along +-n within ``cage`` of points p (or from cage ``origins`` through p).
+
+    -> (prim (K,) int32, -1 on miss; bary (K,3) float32)."""
+    eps = cage * 1e-3
+    if origins is not None:
+        d = p - origins
+        ln = np.linalg.norm(d, axis=1, keepdims=True)
+        use = ln[:, 0] > 1e-9
+        d = np.where(use[:, None], d / np.maximum(ln, 1e-30), -n)
+        o = np.where(use[:, None], origins, p + n * cage)
+        dist = np.where(use, ln[:, 0] + cage, 2 * cage)
+        prim, bary, _ = cast(scene, o - d * eps, d, dist + eps)
+        return prim, bary
+    # start slightly behind the surface so a source lying exactly on it is found by both casts
+    pa, ba, ta = cast(scene, p - n * eps, n, cage + eps)
+    pb, bb, tb = cast(scene, p + n * eps, -n, cage + eps)
+    ta = np.where(pa >= 0, ta, np.inf)
+    tb = np.where(pb >= 0, tb, np.inf)
+    use_b = tb < ta
+    return np.where(use_b, pb, pa), np.where(use_b[:, None], bb, ba)
+
+
+def transfer(scene, src, p, n, cage, progress=None, p_lo=0.0, p_hi=1.0, sample=None, origins=None):
+    """Values of ``sample(face, bary)`` (default: the base colour, sRGB RGB) at the nearest hits of points p.
+
+    -> (values (K,C) float32 numpy, hit mask (K,))."""
+    if sample is None:
+        from engine.bake.channels import channel_class
+        from engine.bake.surface import surface_for
+
+        base = channel_class("base")(surface_for(src, "cpu"))
+        sample = lambda f, b: base.sample(f, b)[:, :3]  # noqa: E731
     K = len(p)
-    cols = np.zeros((K, 3), np.float32)
+    out = None
     hit = np.zeros(K, bool)
     for s in range(0, K, RAY_BATCH):
         e = min(K, s + RAY_BATCH)
-        pp, nn = p[s:e], n[s:e]
-        # start slightly behind the surface so a source lying exactly on it is found by both casts
-        eps = cage * 1e-3
-        pa, ba, ta = cast(scene, pp - nn * eps, nn, cage + eps)
-        pb, bb, tb = cast(scene, pp + nn * eps, -nn, cage + eps)
-        ta = np.where(pa >= 0, ta, np.inf)
-        tb = np.where(pb >= 0, tb, np.inf)
-        use_b = tb < ta
-        prim = np.where(use_b, pb, pa)
-        bary = np.where(use_b[:, None], bb, ba)
+        prim, bary = find_hits(scene, p[s:e], n[s:e], cage, None if origins is None else origins[s:e])
         ok = prim >= 0
         if ok.any():
-            cols[s:e][ok] = shade(src, prim[ok], bary[ok])
+            with torch.no_grad():
+                vals = sample(torch.as_tensor(prim[ok].astype(np.int64)), torch.as_tensor(bary[ok]))
+            vals = vals.numpy() if torch.is_tensor(vals) else np.asarray(vals)
+            if out is None:
+                out = np.zeros((K, vals.shape[1]), np.float32)
+            out[s:e][ok] = vals
         hit[s:e] = ok
         if progress is not None:
             progress.update(p_lo + (p_hi - p_lo) * e / K, f"{e}/{K} texels")
-    return cols, hit
+    if out is None:
+        with torch.no_grad():
+            c = sample(torch.zeros(1, dtype=torch.long), torch.full((1, 3), 1 / 3))
+        out = np.zeros((K, c.shape[1]), np.float32)
+    return out, hit
 
 
-def bake_cpu(src, vertices, faces, uv, options, progress):
-    t0 = time.perf_counter()
-    S = options.texture_size
-    tri, bary = rasterize_uv(uv, faces, S)
-    rr, cc, rt, rb = edge_ring(tri, uv, faces)
-    inside = tri >= 0
-    tri[rr, cc] = rt
-    bary[rr, cc] = rb
-    mask = tri >= 0
-    ti = tri[mask]
-    b = bary[mask]
-    fv = faces[ti]
-    p = np.einsum("kj,kjc->kc", b, vertices[fv].astype(np.float32))
-    vn = vertex_normals(vertices, faces)
-    n = np.einsum("kj,kjc->kc", b, vn[fv])
-    nl = np.linalg.norm(n, axis=1, keepdims=True)
-    # fall back to the face normal where smooth normals cancel out
-    tr = vertices[fv].astype(np.float64)
-    fnrm = np.cross(tr[:, 1] - tr[:, 0], tr[:, 2] - tr[:, 0])
-    fnrm /= np.maximum(np.linalg.norm(fnrm, axis=1, keepdims=True), 1e-30)
-    n = np.where(nl > 1e-6, n / np.maximum(nl, 1e-30), fnrm).astype(np.float32)
-    t_raster = time.perf_counter() - t0
-    progress.update(0.05, f"{len(p)} texels")
+class CpuBackend(Backend):
+    name = "cpu"
+    device = "cpu"
+    licence_note = "Embree (Apache-2.0): commercial use is fine"
 
-    scene = _scene(src)
-    diag = float(np.linalg.norm(src.vertices.max(0) - src.vertices.min(0)))
-    cage = float(options.cage) * diag
-    cols, hit = transfer(scene, src, p, n, cage, progress, 0.05, 0.9)
-    retried = 0
-    if (~hit).any():
-        miss = np.nonzero(~hit)[0]
-        retried = len(miss)
-        c2, h2 = transfer(scene, src, p[miss], n[miss], cage * 4.0)
-        cols[miss[h2]] = c2[h2]
-        hit[miss[h2]] = True
-    progress.update(1.0)
-    tex = np.zeros((S, S, 3), np.float32)
-    cov = np.zeros((S, S), bool)
-    rr, cc = np.nonzero(mask)
-    tex[rr[hit], cc[hit]] = cols[hit]
-    cov[rr[hit], cc[hit]] = True
-    info = {
-        "method": "cpu-embree-raycast",
-        "texels_in_charts": int(inside.sum()),
-        "texels_edge_ring": int(len(rr)),
-        "texels_hit": int(hit.sum()),
-        "texels_retried": int(retried),
-        "cage": cage,
-        "raster_seconds": round(t_raster, 4),
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
-    return tex, cov, info
+    def texels(self, uv, faces, size):
+        return texels_cpu(uv, faces, size, "cpu")
+
+    def gather(self, surface, sample, P, N, tol, options, progress, origins=None):
+        t0 = time.perf_counter()
+        src = surface.src
+        scene = scene_for(src)
+        p = P.cpu().numpy().astype(np.float32)
+        n = N.cpu().numpy().astype(np.float32)
+        o = None if origins is None else origins.cpu().numpy().astype(np.float32)
+        vals, hit = transfer(scene, src, p, n, tol, progress, 0.0, 0.9, sample=sample, origins=o)
+        retried = 0
+        if (~hit).any():
+            miss = np.nonzero(~hit)[0]
+            retried = len(miss)
+            v2, h2 = transfer(scene, src, p[miss], n[miss], tol * 4.0, sample=sample, origins=None if o is None else o[miss])
+            vals[miss[h2]] = v2[h2]
+            hit[miss[h2]] = True
+        progress.update(1.0)
+        info = {
+            "method": "cpu-embree-raycast" + ("-cage-mesh" if o is not None else ""),
+            "texels_hit": int(hit.sum()),
+            "texels_retried": int(retried),
+            "cage": float(tol),
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+        return torch.as_tensor(vals), torch.as_tensor(hit), info
+
+    def render_pairs(self, src, res, cams, progress=None):
+        from engine.render.cpu import CpuRenderer
+
+        ra, rb = CpuRenderer(src), CpuRenderer(res)
+        pairs = []
+        for i, cam in enumerate(cams):
+            ca, ma, _ = ra.render(cam)
+            cb, mb, _ = rb.render(cam)
+            pairs.append((ca, ma, cb, mb))
+            if progress is not None:
+                progress.update((i + 1) / len(cams), f"view {i + 1}/{len(cams)}")
+        return pairs

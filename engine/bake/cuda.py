@@ -12,6 +12,13 @@
    silhouette, and the texel faces the camera. Views are blended with weight
    cos(angle)^k, so head-on views dominate and grazing ones barely count.
 No optimisation loop: one pass, so a bake takes a fraction of a second.
+
+For mesh sources the view only says which source triangle is in front; the
+hit on it goes to the bake channels (engine.bake.channels), which sample
+every material attribute exactly there (``gather_exact``). ``CudaBackend``
+is the strategy object engine.backend.resolve returns for ``cuda``.
+nvdiffrast is under NVIDIA's non-commercial Source Code License: the ``cpu``
+backend is the commercial-safe choice.
 """
 
 from __future__ import annotations
@@ -21,15 +28,17 @@ import time
 import numpy as np
 import torch
 
-from engine.bake.texel import vertex_normals
+from engine.backend import Backend
+from engine.bake.texel import TexelSet, vertex_normals
 from engine.render.cameras import BAKE_OFFSET, bounding_sphere, sphere_cameras
 from engine.render.nvdr import GpuMesh, _f32, _i32, cams_to_tensors, context
 
 COS_POWER = 4.0  # view weight cos(angle)^4; 8 and 16 measured no better on the benchmark
 
 
-def texel_geometry(vertices, faces, uv, S, device):
-    """-> (mask (S,S) bool, positions (T,3), normals (T,3)) of covered texels, on device."""
+def texels_cuda(uv, faces, S, device) -> TexelSet:
+    """The target rasterised in UV space by nvdiffrast, plus the ring of texels just outside each chart
+    (extrapolated barycentrics on the neighbouring triangle's plane, see engine.bake.texel.edge_ring)."""
     import nvdiffrast.torch as dr
 
     ctx = context(device)
@@ -37,14 +46,14 @@ def texel_geometry(vertices, faces, uv, S, device):
     clip = torch.cat([uvt * 2 - 1, torch.zeros_like(uvt[:, :1]), torch.ones_like(uvt[:, :1])], 1)[None].contiguous()
     tri = _i32(faces, device)
     rast, _ = dr.rasterize(ctx, clip, tri, resolution=[S, S])
-    vt = _f32(vertices, device)
-    vn = _f32(vertex_normals(vertices, faces), device)
-    pos, _ = dr.interpolate(vt[None], rast, tri)
-    nrm, _ = dr.interpolate(vn[None], rast, tri)
-    pos, nrm = pos[0], nrm[0]
-    ids = rast[0, ..., 3]
+    r = rast[0]
+    ids = r[..., 3]
     inside = ids > 0
-    # edge ring (see engine.bake.texel.edge_ring): texels beside a chart, on the neighbouring triangle's plane
+    face = torch.full((S, S), -1, dtype=torch.long, device=device)
+    bary = torch.zeros((S, S, 3), device=device)
+    face[inside] = ids[inside].long() - 1
+    u, v = r[..., 0], r[..., 1]
+    bary[inside] = torch.stack([u, v, 1 - u - v], -1)[inside]  # nvdiffrast: (u, v) weigh corners 0 and 1
     nb = torch.nn.functional.max_pool2d(ids[None, None], 3, stride=1, padding=1)[0, 0]
     ring = (~inside) & (nb > 0)
     rr, cc = torch.nonzero(ring, as_tuple=True)
@@ -58,16 +67,20 @@ def texel_geometry(vertices, faces, uv, S, device):
     px, py = cc.float() - a[:, 0], rr.float() - a[:, 1]
     l1 = (px * v1[:, 1] - v1[:, 0] * py) / den
     l2 = (v0[:, 0] * py - px * v0[:, 1]) / den
-    bary = torch.stack([1 - l1 - l2, l1, l2], 1)
-    ok = bary.abs().amax(1) < 4.0
-    rr, cc, fl, bary = rr[ok], cc[ok], fl[ok], bary[ok]
-    pos[rr, cc] = (bary[..., None] * vt[fl]).sum(1)
-    nrm[rr, cc] = (bary[..., None] * vn[fl]).sum(1)
-    mask = inside.clone()
-    mask[rr, cc] = True
-    n = nrm[mask]
-    n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return mask, pos[mask], n
+    rb = torch.stack([1 - l1 - l2, l1, l2], 1)
+    ok = rb.abs().amax(1) < 4.0
+    face[rr[ok], cc[ok]] = t[ok]
+    bary[rr[ok], cc[ok]] = rb[ok]
+    mask = face >= 0
+    return TexelSet(mask, face[mask], bary[mask], tri.long(), int(inside.sum()))
+
+
+def texel_geometry(vertices, faces, uv, S, device):
+    """-> (mask (S,S) bool, positions (T,3), unit smooth normals (T,3)) of covered texels, on device."""
+    ts = texels_cuda(uv, faces, S, device)
+    P = ts.interp(np.asarray(vertices, np.float32))
+    N = ts.interp(vertex_normals(vertices, faces))
+    return ts.mask, P, N / N.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 MEM_BUDGET = 1.5e9  # bytes of GPU memory the gather's per-chunk tensors may take
@@ -146,7 +159,7 @@ def gather(view_renderer, cams, P, N, tol, device, progress=None, cos_power=COS_
     return acc, wsum
 
 
-def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=COS_POWER, chunk=None):
+def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=COS_POWER, chunk=None, sample=None):
     """Mesh sources: like ``gather`` but each texel's colour is shaded exactly on the source.
 
     The view only tells *which* source triangle is in front at the texel's
@@ -154,11 +167,13 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     camera through the texel is intersected with that triangle and the source
     is shaded at the exact hit (full source-texture resolution, no resampling
     of a rendered image). Hits farther than the cage from the texel along the
-    ray are rejected (occluders, other parts).
+    ray are rejected (occluders, other parts). ``sample(face, bary)`` gives
+    the values at hits (default: the mesh's base colour).
     """
     T = P.shape[0]
     res = cams[0].width
-    acc = torch.zeros((T, 3), device=device)
+    sample = sample or gm.shade_points
+    acc = None
     wsum = torch.zeros((T,), device=device)
     chunk = chunk or chunk_size(T, res, 0)
     pos = gm.pos
@@ -205,64 +220,83 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
         w = torch.where(ok, cosang.clamp_min(0) ** cos_power, torch.zeros_like(cosang))
         sel = torch.nonzero(w > 0, as_tuple=True)
         if sel[0].numel():
-            col = gm.shade_points(tri_id[sel], bary[sel])
+            col = sample(tri_id[sel], bary[sel])
+            if acc is None:
+                acc = torch.zeros((T, col.shape[1]), device=device)
             acc.index_put_((sel[1],), w[sel][:, None] * col, accumulate=True)
             wsum.index_put_((sel[1],), w[sel], accumulate=True)
         if progress is not None:
             progress.update(0.1 + 0.85 * min(1.0, (s + C) / len(cams)), f"views {min(s + C, len(cams))}/{len(cams)}")
+    if acc is None:
+        acc = torch.zeros((T, sample(torch.zeros(1, dtype=torch.long, device=device), torch.full((1, 3), 1 / 3, device=device)).shape[1]), device=device)
     return acc, wsum
 
 
-def bake_cuda(src, vertices, faces, uv, options, progress, view_renderer=None, device="cuda"):
-    t0 = time.perf_counter()
-    S = options.texture_size
-    with torch.no_grad():
-        mask, P, N = texel_geometry(vertices, faces, uv, S, device)
-        progress.update(0.05, f"{int(P.shape[0])} texels")
-        center, radius = bounding_sphere(src.vertices)
-        cams = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
-        diag = float(np.linalg.norm(src.vertices.max(0) - src.vertices.min(0)))
-        tol = float(options.cage) * diag
-        T = int(P.shape[0])
-        # texels in blocks so that at least 4 views of a block fit the memory budget (large textures)
-        block = max(1, min(T, int(MEM_BUDGET // (160 * 4))))
-        chunk = chunk_size(min(T, block), options.view_resolution, len(src.vertices))
-        method = "cuda-nvdiffrast-texel-gather"
-        exact = view_renderer is None  # mesh sources: exact shading; splats: their rendered views
+def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, view_renderer=None):
+    """All views of a bake, in texel blocks under the memory budget -> (values (T,C), weight sum (T,), info).
+
+    Mesh sources: ``sample(face, bary)`` at exact hits (gather_exact). Splat sources: ``view_renderer``
+    images (base colour only, RGB)."""
+    center, radius = bounding_sphere(src.vertices)
+    cams = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
+    T = int(P.shape[0])
+    # texels in blocks so that at least 4 views of a block fit the memory budget (large textures)
+    block = max(1, min(T, int(MEM_BUDGET // (160 * 4))))
+    chunk = chunk_size(min(T, block), options.view_resolution, len(src.vertices))
+    method = "cuda-nvdiffrast-texel-gather"
+    exact = view_renderer is None
+    if exact:
+        method += "-exact"
+        gm = GpuMesh(src, device)
+    acc = None
+    wsum = torch.zeros((T,), device=device)
+    for b0 in range(0, max(T, 1), block):
+        b1 = min(T, b0 + block)
+        sub = _SubProgress(progress, b0 / max(T, 1), b1 / max(T, 1))
         if exact:
-            method += "-exact"
-            gm = GpuMesh(src, device)
-        acc = torch.zeros((T, 3), device=device)
-        wsum = torch.zeros((T,), device=device)
-        for b0 in range(0, T, block):
-            b1 = min(T, b0 + block)
-            sub = _SubProgress(progress, b0 / T, b1 / T)
-            if exact:
-                a, w = gather_exact(gm, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk)
-            else:
-                a, w = gather(view_renderer, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk)
-            acc[b0:b1] = a
-            wsum[b0:b1] = w
-        hit = wsum > 0
-        cols = torch.where(hit[:, None], acc / wsum.clamp_min(1e-12)[:, None], torch.zeros_like(acc))
-        tex = torch.zeros((S, S, 3), device=device)
-        cov = torch.zeros((S, S), dtype=torch.bool, device=device)
-        tex[mask] = cols
-        cov[mask] = hit
-        torch.cuda.synchronize()
-        info = {
-            "method": method,
-            "views": len(cams),
-            "view_resolution": options.view_resolution,
-            "view_chunk": chunk,
-            "texel_blocks": (T + block - 1) // block,
-            "texels_in_charts": int(mask.sum()),
-            "texels_hit": int(hit.sum()),
-            "cos_power": COS_POWER,
-            "depth_tolerance": tol,
-            "peak_gpu_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-        }
-        tex_np = tex.cpu().numpy()
-        cov_np = cov.cpu().numpy()
-    info["seconds"] = round(time.perf_counter() - t0, 4)
-    return tex_np, cov_np, info
+            a, w = gather_exact(gm, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk, sample=sample)
+        else:
+            a, w = gather(view_renderer, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk)
+        if acc is None:
+            acc = torch.zeros((T, a.shape[1]), device=device)
+        acc[b0:b1] = a
+        wsum[b0:b1] = w
+    info = {
+        "method": method,
+        "views": len(cams),
+        "view_resolution": options.view_resolution,
+        "view_chunk": chunk,
+        "texel_blocks": (T + block - 1) // block,
+        "cos_power": COS_POWER,
+        "depth_tolerance": tol,
+    }
+    return acc, wsum, info
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    device = "cuda"
+    supports_splats = True
+    licence_note = "nvdiffrast is under NVIDIA's non-commercial licence; use --device cpu for commercial work"
+
+    def texels(self, uv, faces, size):
+        return texels_cuda(uv, faces, size, self.device)
+
+    def gather(self, surface, sample, P, N, tol, options, progress, origins=None, view_renderer=None):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            acc, wsum, info = gather_views(surface.src, P, N, tol, options, progress, self.device, sample=sample, view_renderer=view_renderer)
+            hit = wsum > 0
+            vals = torch.where(hit[:, None], acc / wsum.clamp_min(1e-12)[:, None], torch.zeros_like(acc))
+            torch.cuda.synchronize()
+        if origins is not None:
+            info["cage_mesh"] = "not used by the view gather (views see the source directly); the cage distance still applies"
+        info["texels_hit"] = int(hit.sum())
+        info["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        info["seconds"] = round(time.perf_counter() - t0, 4)
+        return vals, hit, info
+
+    def render_pairs(self, src, res, cams, progress=None):
+        from engine.render.nvdr import render_pair
+
+        return render_pair(src, res, cams)

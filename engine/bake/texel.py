@@ -11,9 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, chunk_texels: int = 4_000_000):
-    """-> (tri (S,S) int32, -1 where uncovered; bary (S,S,3) float32)."""
+def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, chunk_texels: int = 4_000_000, counts: bool = False):
+    """-> (tri (S,S) int32, -1 where uncovered; bary (S,S,3) float32) [, faces covering each texel (S,S)]."""
     S = int(size)
+    cnt_img = np.zeros(S * S, np.int32) if counts else None
     tri_img = np.full(S * S, -1, np.int32)
     bary_img = np.zeros((S * S, 3), np.float32)
     P = uv[faces].astype(np.float64) * S - 0.5  # texel-centre coordinates: centre of texel c at c
@@ -55,10 +56,23 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, chunk_texels: int
             eps = -1e-7
             inside = ok & (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
             pix = (y * S + x)[inside]
+            if counts:
+                np.add.at(cnt_img, pix, 1)
             tri_img[pix] = t[inside]
             bary_img[pix] = np.stack([l0, l1, l2], 1)[inside]
         start = end
+    if counts:
+        return tri_img.reshape(S, S), bary_img.reshape(S, S, 3), cnt_img.reshape(S, S)
     return tri_img.reshape(S, S), bary_img.reshape(S, S, 3)
+
+
+def uv_overlap_fraction(uv: np.ndarray, faces: np.ndarray, size: int = 1024) -> float:
+    """Share of the covered texel centres that more than one face covers (overlapping / mirrored UVs).
+    A texel centre exactly on an edge shared by two faces counts for both, so this is an upper bound;
+    such centres are rare (a warning needs more than 0.1 %)."""
+    _, _, cnt = rasterize_uv(np.asarray(uv, np.float64), np.asarray(faces, np.int64), size, counts=True)
+    used = int((cnt > 0).sum())
+    return float((cnt > 1).sum()) / used if used else 0.0
 
 
 def vertex_normals(vertices: np.ndarray, faces: np.ndarray, weld_positions: bool = True) -> np.ndarray:
@@ -107,3 +121,62 @@ def edge_ring(tri_img: np.ndarray, uv: np.ndarray, faces: np.ndarray):
     bary = np.stack([1 - l1 - l2, l1, l2], 1)
     ok = np.abs(bary).max(1) < 4.0  # sliver triangles would extrapolate wildly: leave those to dilation
     return rr[ok], cc[ok], t[ok], bary[ok].astype(np.float32)
+
+
+class TexelSet:
+    """The texels a bake fills, on a torch device: which target face covers each and where (barycentrics).
+
+    ``mask`` (S,S) bool marks them; ``face`` (T,) and ``bary`` (T,3) list them in row-major order of the
+    mask. They include the ring just outside each chart (extrapolated barycentrics, see ``edge_ring``).
+    Any per-vertex (N,C) or per-corner (F,3,C) attribute of the target is interpolated with ``interp``.
+    """
+
+    def __init__(self, mask, face, bary, faces, inside: int):
+        self.mask = mask
+        self.face = face
+        self.bary = bary
+        self.faces = faces  # (F,3) long, on the same device
+        self.inside = int(inside)
+
+    @property
+    def size(self) -> int:
+        return int(self.mask.shape[0])
+
+    def __len__(self) -> int:
+        return int(self.face.shape[0])
+
+    def interp(self, attr):
+        import torch
+
+        a = torch.as_tensor(attr, device=self.face.device, dtype=torch.float32)
+        if a.dim() == 3:
+            return (self.bary[..., None] * a[self.face]).sum(1)
+        return (self.bary[..., None] * a[self.faces[self.face]]).sum(1)
+
+    def scatter(self, values, fill):
+        """(T,C) values -> (S,S,C) image holding ``fill`` elsewhere."""
+        import torch
+
+        S = self.size
+        img = torch.empty((S, S, values.shape[1]), device=values.device, dtype=values.dtype)
+        img[:] = torch.as_tensor(fill, device=values.device, dtype=values.dtype)
+        img[self.mask] = values
+        return img
+
+
+def texels_cpu(uv: np.ndarray, faces: np.ndarray, size: int, device="cpu") -> TexelSet:
+    import torch
+
+    tri, bary = rasterize_uv(uv, faces, size)
+    inside = int((tri >= 0).sum())
+    rr, cc, rt, rb = edge_ring(tri, uv, faces)
+    tri[rr, cc] = rt
+    bary[rr, cc] = rb
+    mask = tri >= 0
+    return TexelSet(
+        torch.as_tensor(mask, device=device),
+        torch.as_tensor(tri[mask].astype(np.int64), device=device),
+        torch.as_tensor(bary[mask], device=device),
+        torch.as_tensor(np.asarray(faces, np.int64), device=device),
+        inside,
+    )

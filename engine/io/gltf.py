@@ -192,16 +192,20 @@ def _tri_indices(mode: int, idx: np.ndarray) -> np.ndarray | None:
     return None  # points / lines: not a surface
 
 
-def _apply_tex_transform(uv: np.ndarray, info: dict) -> np.ndarray:
+def _tex_transform(info: dict):
+    """KHR_texture_transform of a textureInfo as a (3, 2) affine matrix (uv' = [u, v, 1] @ M), or None."""
     ext = (info.get("extensions") or {}).get("KHR_texture_transform")
     if not ext:
-        return uv
-    off = np.asarray(ext.get("offset", [0, 0]), np.float32)
+        return None
+    off = np.asarray(ext.get("offset", [0, 0]), np.float64)
     rot = float(ext.get("rotation", 0.0))
-    sc = np.asarray(ext.get("scale", [1, 1]), np.float32)
+    sc = np.asarray(ext.get("scale", [1, 1]), np.float64)
     c, s = np.cos(rot), np.sin(rot)
-    r = np.array([[c, s], [-s, c]], np.float32)
-    return (uv * sc) @ r.T + off
+    r = np.array([[c, s], [-s, c]])
+    m = np.zeros((3, 2))
+    m[:2] = np.diag(sc) @ r.T
+    m[2] = off
+    return m.astype(np.float32)
 
 
 def parse(data: bytes, name: str, base_dir: Path | None) -> SourceMesh:
@@ -245,39 +249,89 @@ def parse(data: bytes, name: str, base_dir: Path | None) -> SourceMesh:
         raise doc.bad(f"{e.__class__.__name__}: {e}")
 
 
-def _material(doc: _Doc, mi: int | None, tex_cache: dict) -> tuple[Material, int]:
-    """(Material, texCoord set) for glTF material index mi (None: the default material)."""
+IGNORED_EXTENSIONS = {
+    "KHR_materials_transmission": "transmission",
+    "KHR_materials_clearcoat": "clearcoat",
+    "KHR_materials_sheen": "sheen",
+    "KHR_materials_volume": "volume",
+    "KHR_materials_specular": "specular",
+    "KHR_materials_ior": "ior",
+    "KHR_materials_iridescence": "iridescence",
+    "KHR_materials_anisotropy": "anisotropy",
+    "KHR_materials_dispersion": "dispersion",
+    "KHR_materials_diffuse_transmission": "diffuse transmission",
+    "KHR_materials_unlit": "unlit (baked as lit PBR)",
+}
+
+
+def _texref(doc: _Doc, info, tex_cache: dict, what: str):
+    """A textureInfo -> TextureRef (image decoded once per glTF image), or None when it has no image."""
+    from engine.mesh.source import TextureRef
+
+    if not isinstance(info, dict) or "index" not in info:
+        return None
+    try:
+        tex = doc.j["textures"][int(info["index"])]
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise doc.bad(f"{what} points at a missing texture {info.get('index')!r}")
+    src = tex.get("source")
+    if src is None:
+        for ext in (tex.get("extensions") or {}).values():
+            if isinstance(ext, dict) and "source" in ext:
+                src = ext["source"]
+    if src is None:
+        return None
+    if src not in tex_cache:
+        tex_cache[src] = doc.image(int(src))
+    smp = doc.j.get("samplers", [])[tex["sampler"]] if "sampler" in tex else {}
+    return TextureRef(tex_cache[src], int(info.get("texCoord", 0)), _WRAP.get(int(smp.get("wrapS", 10497)), "repeat"), _tex_transform(info))
+
+
+def _material(doc: _Doc, mi: int | None, tex_cache: dict, ignored: list) -> Material:
+    """The whole PBR material of glTF material index mi (None: the default material, a plain dielectric)."""
     if mi is None:
-        return Material(name="default"), 0
+        return Material(name="default")
     m = doc.j["materials"][mi]
+    name = m.get("name") or f"material_{mi}"
+    exts = m.get("extensions") or {}
     pbr = m.get("pbrMetallicRoughness")
-    sg = (m.get("extensions") or {}).get("KHR_materials_pbrSpecularGlossiness")
+    sg = exts.get("KHR_materials_pbrSpecularGlossiness")
     if pbr is None and sg is not None:
         factor = sg.get("diffuseFactor", [1, 1, 1, 1])
-        tinfo = sg.get("diffuseTexture")
+        base = _texref(doc, sg.get("diffuseTexture"), tex_cache, f"material {name} diffuseTexture")
+        metallic, roughness, mr = 0.0, 1.0 - float(sg.get("glossinessFactor", 1.0)), None
+        ignored.append("specular-glossiness (converted: diffuse -> base colour, 1 - glossiness -> roughness)")
     else:
         pbr = pbr or {}
         factor = pbr.get("baseColorFactor", [1, 1, 1, 1])
-        tinfo = pbr.get("baseColorTexture")
-    mat = Material(name=m.get("name") or f"material_{mi}", base_color_factor=np.asarray(factor, np.float32).reshape(4))
-    texcoord = 0
-    if tinfo is not None:
-        ti = int(tinfo["index"])
-        tex = doc.j["textures"][ti]
-        src = tex.get("source")
-        if src is None:
-            for ext in (tex.get("extensions") or {}).values():
-                if isinstance(ext, dict) and "source" in ext:
-                    src = ext["source"]
-        if src is not None:
-            if src not in tex_cache:
-                tex_cache[src] = doc.image(int(src))
-            mat.texture = tex_cache[src]
-            smp = doc.j.get("samplers", [])[tex["sampler"]] if "sampler" in tex else {}
-            mat.wrap = _WRAP.get(int(smp.get("wrapS", 10497)), "repeat")
-            mat._tinfo = tinfo  # KHR_texture_transform, applied to UVs per primitive
-        texcoord = int(tinfo.get("texCoord", 0))
-    return mat, texcoord
+        base = _texref(doc, pbr.get("baseColorTexture"), tex_cache, f"material {name} baseColorTexture")
+        metallic = float(pbr.get("metallicFactor", 1.0))
+        roughness = float(pbr.get("roughnessFactor", 1.0))
+        mr = _texref(doc, pbr.get("metallicRoughnessTexture"), tex_cache, f"material {name} metallicRoughnessTexture")
+    mat = Material(name=name, base_color_factor=np.asarray(factor, np.float32).reshape(4))
+    if base is not None:
+        mat.texture, mat.texcoord, mat.wrap, mat.transform = base.image, base.texcoord, base.wrap, base.transform
+    mat.metallic_factor, mat.roughness_factor, mat.metallic_roughness = metallic, roughness, mr
+    nt = m.get("normalTexture")
+    mat.normal = _texref(doc, nt, tex_cache, f"material {name} normalTexture")
+    if mat.normal is not None:
+        mat.normal_scale = float(nt.get("scale", 1.0))
+    ot = m.get("occlusionTexture")
+    mat.occlusion = _texref(doc, ot, tex_cache, f"material {name} occlusionTexture")
+    if mat.occlusion is not None:
+        mat.occlusion_strength = float(ot.get("strength", 1.0))
+    mat.emissive_factor = np.asarray(m.get("emissiveFactor", [0, 0, 0]), np.float32).reshape(3)
+    mat.emissive = _texref(doc, m.get("emissiveTexture"), tex_cache, f"material {name} emissiveTexture")
+    es = exts.get("KHR_materials_emissive_strength")
+    if isinstance(es, dict):
+        mat.emissive_strength = float(es.get("emissiveStrength", 1.0))
+    mode = str(m.get("alphaMode", "OPAQUE")).upper()
+    mat.alpha_mode = mode if mode in ("OPAQUE", "MASK", "BLEND") else "OPAQUE"
+    mat.alpha_cutoff = float(m.get("alphaCutoff", 0.5))
+    for ext, label in IGNORED_EXTENSIONS.items():
+        if ext in exts:
+            ignored.append(label)
+    return mat
 
 
 def _build(doc: _Doc) -> SourceMesh:
@@ -309,10 +363,12 @@ def _build(doc: _Doc) -> SourceMesh:
     tex_cache: dict = {}
     mat_cache: dict = {}
     materials: list[Material] = []
-    V, F, UV, VC, FM = [], [], [], [], []
-    any_uv = any_vc = False
-    nv = 0
+    ignored: list[str] = []
+    V, F, FM, NRM, TAN, VC, UVS = [], [], [], [], [], [], []
     for mesh_i, world in instances:
+        lin = world[:3, :3]
+        det = float(np.linalg.det(lin))
+        nrm_m = np.linalg.inv(lin).T if abs(det) > 1e-300 else lin
         for prim in j["meshes"][mesh_i].get("primitives", []):
             attrs = prim.get("attributes", {})
             if "POSITION" not in attrs:
@@ -325,65 +381,131 @@ def _build(doc: _Doc) -> SourceMesh:
             tris = _tri_indices(int(prim.get("mode", 4)), idx)
             if tris is None or len(tris) == 0:
                 continue
-            p = pos @ world[:3, :3].T + world[:3, 3]
-            if np.linalg.det(world[:3, :3]) < 0:
-                tris = tris[:, [0, 2, 1]]
-            mi = prim.get("material")
-            key = -1 if mi is None else int(mi)
-            if key not in mat_cache:
-                m, tc = _material(doc, None if mi is None else int(mi), tex_cache)
-                mat_cache[key] = (len(materials), m, tc)
-                materials.append(m)
-            mat_idx, m, tc = mat_cache[key]
-            uv = None
-            if m.texture is not None and f"TEXCOORD_{tc}" in attrs:
-                uv = doc.accessor(int(attrs[f"TEXCOORD_{tc}"])).astype(np.float32)[:, :2]
-                uv = _apply_tex_transform(uv, getattr(m, "_tinfo", {}))
-                any_uv = True
-            elif m.texture is not None:
-                # textured material but no UVs on this primitive: use its factor only
-                key2 = (key, "noUV")
-                if key2 not in mat_cache:
-                    m2 = Material(name=m.name + "_nouv", base_color_factor=m.base_color_factor.copy())
-                    mat_cache[key2] = (len(materials), m2, 0)
-                    materials.append(m2)
-                mat_idx = mat_cache[key2][0]
-            vc = None
-            if "COLOR_0" in attrs:
-                c = doc.accessor(int(attrs["COLOR_0"]))
-                if c.dtype != np.float32 and not np.issubdtype(c.dtype, np.floating):
-                    div = _NORM_DIV.get(c.dtype.type, 1.0)
-                    c = c.astype(np.float32) / div
-                vc = np.clip(c.astype(np.float32)[:, :3], 0.0, 1.0)
-                any_vc = True
-            if len(pos) and tris.size and (tris.max() >= len(pos)):
+            if len(pos) and tris.size and (tris.max() >= len(pos) or tris.min() < 0):
                 raise InputError(
                     f"corrupt glTF '{doc.name}': face indices out of range (max index {int(tris.max())} >= {len(pos)} vertices)",
                     code="bad_indices",
                 )
+            p = pos @ lin.T + world[:3, 3]
+            if det < 0:
+                tris = tris[:, [0, 2, 1]]
+            n = len(pos)
+
+            def attr(name, width):
+                if name not in attrs:
+                    return None
+                a = doc.accessor(int(attrs[name]))
+                if not np.issubdtype(a.dtype, np.floating):
+                    a = a.astype(np.float32) / _NORM_DIV.get(a.dtype.type, 1.0)
+                a = a.astype(np.float32)
+                if len(a) != n:
+                    raise doc.bad(f"attribute {name} has {len(a)} values for {n} vertices")
+                return a[:, :width]
+
+            uvs = {k: attr(f"TEXCOORD_{k}", 2) for k in range(8) if f"TEXCOORD_{k}" in attrs}
+            nrm = attr("NORMAL", 3)
+            if nrm is not None:
+                nrm = nrm.astype(np.float64) @ nrm_m.T
+                nrm = (nrm / np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-30)).astype(np.float32)
+            tan = attr("TANGENT", 4)
+            if tan is not None:
+                if tan.shape[1] < 4:
+                    tan = None
+                else:
+                    t3 = tan[:, :3].astype(np.float64) @ lin.T
+                    t3 /= np.maximum(np.linalg.norm(t3, axis=1, keepdims=True), 1e-30)
+                    tan = np.concatenate([t3, tan[:, 3:4] * (1.0 if det >= 0 else -1.0)], 1).astype(np.float32)
+            vc = attr("COLOR_0", 4)
+            if vc is not None:
+                vc = np.clip(vc, 0.0, 1.0)
+                if vc.shape[1] == 3:
+                    vc = np.concatenate([vc, np.ones((n, 1), np.float32)], 1)
+            mi = prim.get("material")
+            key = -1 if mi is None else int(mi)
+            if key not in mat_cache:
+                m = _material(doc, None if mi is None else int(mi), tex_cache, ignored)
+                mat_cache[key] = (len(materials), m)
+                materials.append(m)
+            mat_idx, m = mat_cache[key]
+            missing = sorted({r.texcoord for r in m.texture_refs().values() if r.texcoord not in uvs})
+            if missing:
+                # textures reading a UV set this primitive lacks: those slots fall back to their factors
+                key2 = (key, tuple(missing))
+                if key2 not in mat_cache:
+                    m2 = _without_uv_sets(m, set(missing))
+                    mat_cache[key2] = (len(materials), m2)
+                    materials.append(m2)
+                    ignored.append(f"textures of material '{m.name}' on a primitive without TEXCOORD_{missing[0]}")
+                mat_idx = mat_cache[key2][0]
             V.append(p)
-            F.append(tris + nv)
-            UV.append(uv if uv is not None else np.zeros((len(pos), 2), np.float32))
-            VC.append(vc)
+            F.append(tris)
             FM.append(np.full(len(tris), mat_idx, np.int32))
-            nv += len(pos)
+            NRM.append(nrm)
+            TAN.append(tan)
+            VC.append(vc)
+            UVS.append(uvs)
     if not V:
         raise InputError(f"'{doc.name}' contains no triangle meshes", hint="export the object as a mesh (not points, lines or curves)", code="empty_mesh")
-    vcol = None
-    if any_vc:
-        vcol = np.concatenate([c if c is not None else np.ones((len(v), 3), np.float32) for c, v in zip(VC, V)])
-    for m in materials:
-        if hasattr(m, "_tinfo"):
-            del m._tinfo
+    # glTF: a primitive without NORMAL is flat-shaded; give such parts per-face normals where others have normals
+    if any(x is not None for x in NRM) and any(x is None for x in NRM):
+        for i in range(len(V)):
+            if NRM[i] is None:
+                keys = sorted(UVS[i])
+                V[i], F[i], extra = _flat(V[i], F[i], [VC[i], TAN[i]] + [UVS[i][k] for k in keys])
+                VC[i], TAN[i] = extra[0], extra[1]
+                UVS[i] = dict(zip(keys, extra[2:]))
+                NRM[i] = _face_normals_per_vertex(V[i], F[i])
+    offsets = np.cumsum([0] + [len(x) for x in V[:-1]])
+    F = [f + o for f, o in zip(F, offsets)]
+    sizes = [len(x) for x in V]
+
+    def cat(parts, width, fill):
+        if all(x is None for x in parts):
+            return None
+        return np.concatenate([x if x is not None else np.broadcast_to(np.asarray(fill, np.float32), (k, width)) for x, k in zip(parts, sizes)]).astype(np.float32)
+
+    uv_sets = sorted({k for u in UVS for k in u})
+    uv_all = {k: cat([u.get(k) for u in UVS], 2, (0.0, 0.0)) for k in uv_sets}
     return SourceMesh(
         vertices=np.concatenate(V).astype(np.float32),
         faces=np.concatenate(F).astype(np.int64),
-        uv=np.concatenate(UV).astype(np.float32) if any_uv else None,
-        vertex_color=vcol,
+        uv=uv_all.get(0),
+        vertex_color=cat(VC, 4, (1.0, 1.0, 1.0, 1.0)),
         face_material=np.concatenate(FM),
         materials=materials,
         name=doc.name,
+        normals=cat(NRM, 3, (0.0, 0.0, 1.0)) if all(x is not None for x in NRM) else None,
+        tangents=cat(TAN, 4, (1.0, 0.0, 0.0, 1.0)) if all(x is not None for x in TAN) else None,
+        extra_uvs={k: v for k, v in uv_all.items() if k != 0},
+        ignored_features=sorted(set(ignored)),
     )
+
+
+def _without_uv_sets(m: Material, missing: set) -> Material:
+    import dataclasses
+
+    m2 = dataclasses.replace(m, name=m.name + "_nouv")
+    if m2.texture is not None and m2.texcoord in missing:
+        m2.texture = None
+    for slot in ("metallic_roughness", "normal", "occlusion", "emissive"):
+        r = getattr(m2, slot)
+        if r is not None and r.texcoord in missing:
+            setattr(m2, slot, None)
+    return m2
+
+
+def _flat(v, f, attrs):
+    """Un-index a primitive: every face gets its own three vertices (for per-face normals)."""
+    idx = np.asarray(f, np.int64).reshape(-1)
+    out = [None if a is None else a[idx] for a in attrs]
+    return v[idx], np.arange(len(idx), dtype=np.int64).reshape(-1, 3), out
+
+
+def _face_normals_per_vertex(v, f):
+    t = v[f]
+    n = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-30)
+    return np.repeat(n, 3, axis=0).astype(np.float32)
 
 
 def load_gltf(path: Path) -> SourceMesh:

@@ -157,6 +157,10 @@ def _load_trimesh(p: Path, fmt: str) -> SourceMesh:
         raise InputError(f"cannot read {fmt.upper()} '{p.name}': {e}", code="corrupt_file")
     if not geoms:
         raise InputError(f"'{p.name}' contains no triangles", hint="a point cloud or an empty file cannot be baked", code="empty_mesh")
+    mtl_mats: dict = {}
+    ignored: list = []
+    if fmt == "obj":
+        mtl_mats = _obj_materials(p, ignored)
     V, F, UV, VC, FM, mats = [], [], [], [], [], []
     any_uv = any_vc = False
     nv = 0
@@ -170,8 +174,19 @@ def _load_trimesh(p: Path, fmt: str) -> SourceMesh:
         vc = None
         mat = Material(name=f"{p.stem}_{len(mats)}", base_color_factor=np.array([0.8, 0.8, 0.8, 1.0], np.float32))
         kind = getattr(vis, "kind", None)
-        if kind == "texture":
-            m = vis.material
+        tm_mat = getattr(vis, "material", None)
+        own = mtl_mats.get(getattr(tm_mat, "name", None)) if tm_mat is not None else None
+        vis_uv = getattr(vis, "uv", None)
+        if vis_uv is not None and len(vis_uv) == len(v):
+            uv = np.asarray(vis_uv, np.float32)[:, :2].copy()
+            uv[:, 1] = 1.0 - uv[:, 1]  # trimesh: v up; Kiln (glTF): v down
+            any_uv = True
+        if own is not None:
+            import copy
+
+            mat = copy.copy(own)
+        elif kind == "texture":
+            m = tm_mat
             img = getattr(m, "baseColorTexture", None) or getattr(m, "image", None)
             fac = getattr(m, "baseColorFactor", None)
             if fac is None:
@@ -181,25 +196,27 @@ def _load_trimesh(p: Path, fmt: str) -> SourceMesh:
                 if fac.max() > 1.0:
                     fac = fac / 255.0
                 mat.base_color_factor = np.concatenate([fac[:3], [fac[3] if len(fac) > 3 else 1.0]]).astype(np.float32)
-            if img is not None and vis.uv is not None and len(vis.uv) == len(v):
+            if img is not None and uv is not None:
                 arr = np.asarray(img.convert("RGBA" if "A" in img.getbands() else "RGB"), np.uint8)
                 mat.texture = arr
-                uv = np.asarray(vis.uv, np.float32)[:, :2].copy()
-                uv[:, 1] = 1.0 - uv[:, 1]  # trimesh: v up; Kiln (glTF): v down
-                any_uv = True
         elif kind == "vertex":
-            c = np.asarray(vis.vertex_colors, np.float32)[:, :3] / 255.0
-            vc = srgb_to_linear(c)  # 8-bit PLY/OBJ colours are display (sRGB) colours
-            mat.base_color_factor = np.ones(4, np.float32)
+            c = np.asarray(vis.vertex_colors, np.float32) / 255.0
+            vc = np.concatenate([srgb_to_linear(c[:, :3]), c[:, 3:4] if c.shape[1] > 3 else np.ones((len(c), 1), np.float32)], 1)
+            mat.base_color_factor = np.ones(4, np.float32)  # 8-bit PLY/OBJ colours are display (sRGB) colours
+            if (vc[:, 3] < 0.999).any():
+                mat.alpha_mode = "BLEND"
             any_vc = True
         elif kind == "face":
-            fc = srgb_to_linear(np.asarray(vis.face_colors, np.float32)[:, :3] / 255.0)
+            c = np.asarray(vis.face_colors, np.float32) / 255.0
+            fc = np.concatenate([srgb_to_linear(c[:, :3]), c[:, 3:4] if c.shape[1] > 3 else np.ones((len(c), 1), np.float32)], 1)
             v = v[f].reshape(-1, 3)
             if uv is not None:
                 uv = uv[f].reshape(-1, 2)
             vc = np.repeat(fc, 3, axis=0)
             f = np.arange(len(v), dtype=np.int64).reshape(-1, 3)
             mat.base_color_factor = np.ones(4, np.float32)
+            if (vc[:, 3] < 0.999).any():
+                mat.alpha_mode = "BLEND"
             any_vc = True
         V.append(v)
         F.append(f + nv)
@@ -208,12 +225,51 @@ def _load_trimesh(p: Path, fmt: str) -> SourceMesh:
         FM.append(np.full(len(f), len(mats), np.int32))
         mats.append(mat)
         nv += len(v)
+    normals = None
+    if fmt == "obj" and all(_has_normals(g) for g, _ in geoms) and len(V) == len(geoms) and all(len(x) == len(g.vertices) for x, (g, _) in zip(V, geoms)):
+        normals = np.concatenate([np.asarray(g.vertex_normals, np.float64) @ np.linalg.inv(tf[:3, :3]).T for g, tf in geoms])
+        normals = (normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-30)).astype(np.float32)
     return SourceMesh(
         vertices=np.concatenate(V).astype(np.float32) if all(np.isfinite(x).all() for x in V) else np.concatenate(V),
         faces=np.concatenate(F),
         uv=np.concatenate(UV).astype(np.float32) if any_uv else None,
-        vertex_color=np.concatenate([c if c is not None else np.ones((len(v), 3), np.float32) for c, v in zip(VC, V)]) if any_vc else None,
+        vertex_color=np.concatenate([c if c is not None else np.ones((len(v), 4), np.float32) for c, v in zip(VC, V)]) if any_vc else None,
         face_material=np.concatenate(FM),
         materials=mats,
         name=p.name,
+        normals=normals,
+        ignored_features=sorted(set(ignored)),
     )
+
+
+def _has_normals(g) -> bool:
+    """OBJ files with `vn`: trimesh keeps them (process=False) as vertex normals in its cache."""
+    try:
+        return "vertex_normals" in g._cache.cache
+    except Exception:
+        return False
+
+
+def _obj_materials(p: Path, ignored: list) -> dict:
+    """Every material of the OBJ's mtllib files, read in full (engine.io.mtl)."""
+    from engine.io.mtl import parse_mtl
+
+    out: dict = {}
+    try:
+        with open(p, "r", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("mtllib"):
+                    for name in line.split(None, 1)[1:]:
+                        q = (p.parent / name.strip()).resolve()
+                        try:
+                            q.relative_to(p.parent.resolve())
+                        except ValueError:
+                            ignored.append(f"material library outside the model's folder: {name.strip()}")
+                            continue
+                        if q.is_file():
+                            out.update(parse_mtl(q, ignored))
+                        else:
+                            ignored.append(f"material library not found: {name.strip()}")
+    except OSError:
+        pass
+    return out

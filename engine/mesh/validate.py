@@ -94,11 +94,35 @@ def validate_source(src: SourceMesh, max_faces: int = 5_000_000) -> tuple[Source
             raise InputError(f"{src.name}: vertex colours have shape {vc.shape}, expected ({len(v)}, 3)", code="bad_input")
         if not np.isfinite(vc).all():
             notes.append("non-finite vertex colours set to 0")
-        vc = np.ascontiguousarray(np.clip(np.nan_to_num(vc[:, :3]), 0.0, 1.0))
+        vc = np.ascontiguousarray(np.clip(np.nan_to_num(vc[:, :4]), 0.0, 1.0))
     fm = None
     if src.face_material is not None:
         fm = np.asarray(src.face_material, np.int32)[keep]
         if len(fm) and (fm.min() < 0 or fm.max() >= max(len(src.materials), 1)):
             raise InputError(f"{src.name}: face material index out of range", code="bad_input")
-    out = SourceMesh(v, f, uv, vc, fm, list(src.materials), src.name)
+    normals = _optional_vectors(src, "normals", 3, len(v), notes, "normals", "recomputed from the geometry")
+    tangents = _optional_vectors(src, "tangents", 4, len(v), notes, "tangents", "recomputed with MikkTSpace")
+    extra = {}
+    for k, a in (src.extra_uvs or {}).items():
+        a = np.asarray(a, np.float32)
+        if a.shape == (len(v), 2):
+            extra[int(k)] = np.ascontiguousarray(np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0))
+    ignored = list(src.ignored_features) + [n for n in notes if n.startswith(("NaN", "non-finite"))]
+    out = SourceMesh(v, f, uv, vc, fm, list(src.materials), src.name, normals=normals, tangents=tangents, extra_uvs=extra,
+                     ignored_features=ignored)
     return out, {"faces_in": n_in, "faces_dropped": int(n_in - len(f)), "notes": notes}
+
+
+def _optional_vectors(src, attr: str, width: int, n: int, notes: list, what: str, fallback: str):
+    """Normals / tangents: kept when well-formed, else dropped with a named fallback (never an error)."""
+    a = getattr(src, attr, None)
+    if a is None:
+        return None
+    a = np.asarray(a, np.float32)
+    if a.shape != (n, width):
+        notes.append(f"{what} of shape {a.shape} ignored ({fallback})")
+        return None
+    if not np.isfinite(a).all() or (np.linalg.norm(a[:, :3], axis=1) < 1e-6).any():
+        notes.append(f"NaN or zero {what} in the source: {fallback}")
+        return None
+    return np.ascontiguousarray(a)

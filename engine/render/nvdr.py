@@ -22,13 +22,7 @@ def _i32(x, device) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).to(device=device, dtype=torch.int32).contiguous()
 
 
-def srgb_to_linear_t(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb_t(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0.0, 1.0)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp_min(1e-12) ** (1.0 / 2.4) - 0.055)
+from engine.bake.surface import linear_to_srgb_t, srgb_to_linear_t  # noqa: E402,F401  (re-exported)
 
 
 _CTX: dict = {}
@@ -44,90 +38,40 @@ def context(device="cuda"):
 
 
 class GpuMesh:
-    """A SourceMesh uploaded once: positions, faces, per-vertex attributes, linear textures."""
+    """A SourceMesh on the GPU for rasterisation; its colours come from the ``base`` bake channel
+    (engine.bake.channels), the one implementation of base colour in Kiln."""
 
     def __init__(self, m: SourceMesh, device="cuda"):
+        self.mesh = m
         self.device = torch.device(device)
         self.pos = _f32(m.vertices, device)
         self.tri = _i32(m.faces, device)
         self.n_faces = int(len(m.faces))
-        mats = m.materials or []
-        self.factors = _f32(np.stack([np.asarray(x.base_color_factor, np.float32)[:3] for x in mats]) if mats else np.ones((1, 3), np.float32), device)
-        self.face_mat = torch.as_tensor(np.asarray(m.face_material if m.face_material is not None else np.zeros(len(m.faces)), np.int64), device=self.device)
-        self.textures = []
-        for x in mats:
-            if x.texture is not None and m.uv is not None:
-                t = _f32(x.texture[..., :3].astype(np.float32) / 255.0 if x.texture.ndim == 3 else np.repeat(x.texture[..., None], 3, -1) / 255.0, device)
-                self.textures.append((srgb_to_linear_t(t)[None].contiguous(), x.wrap))
-            else:
-                self.textures.append(None)
-        self.uv = _f32(m.uv, device)[None] if m.uv is not None and any(t is not None for t in self.textures) else None
-        self.vcol = _f32(m.vertex_color[:, :3], device)[None] if m.vertex_color is not None else None
+        self._base = None
 
     def clip(self, mvps: torch.Tensor) -> torch.Tensor:
         ph = torch.cat([self.pos, torch.ones_like(self.pos[:, :1])], 1)
         return torch.einsum("vij,nj->vni", mvps, ph).contiguous()
 
-    def shade(self, rast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """rast (V,H,W,4) -> sRGB colour (V,H,W,3) (0 outside), coverage mask (V,H,W)."""
-        import nvdiffrast.torch as dr
-
-        tri_id = rast[..., 3].long() - 1
-        mask = tri_id >= 0
-        V, H, W = tri_id.shape
-        lin = torch.ones((V, H, W, 3), device=self.device)
-        fm = self.face_mat[tri_id.clamp_min(0)]
-        lin = lin * self.factors[fm]
-        if self.uv is not None:
-            uvi, _ = dr.interpolate(self.uv.expand(1, -1, -1).contiguous(), rast, self.tri)
-            for mi, t in enumerate(self.textures):
-                if t is None:
-                    continue
-                tex, wrap = t
-                sel = mask & (fm == mi)
-                if not bool(sel.any()):
-                    continue
-                uvs = uvi
-                if wrap == "mirror":
-                    f = torch.remainder(uvs, 2.0)
-                    uvs = torch.where(f > 1.0, 2.0 - f, f)
-                col = dr.texture(tex, uvs.contiguous(), filter_mode="linear", boundary_mode="wrap" if wrap == "repeat" else "clamp") if V == 1 else torch.cat(
-                    [dr.texture(tex, uvs[i : i + 1].contiguous(), filter_mode="linear", boundary_mode="wrap" if wrap == "repeat" else "clamp") for i in range(V)]
-                )
-                lin = torch.where(sel[..., None], lin * col, lin)
-        if self.vcol is not None:
-            vc, _ = dr.interpolate(self.vcol, rast, self.tri)
-            lin = lin * vc
-        out = linear_to_srgb_t(lin)
-        return torch.where(mask[..., None], out, torch.zeros_like(out)), mask
-
     def shade_points(self, face_idx: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
         """Exact sRGB base colour (K,3) at surface points given by face index (K,) and barycentrics (K,3)."""
-        import nvdiffrast.torch as dr
+        if self._base is None:
+            from engine.bake.channels import channel_class
+            from engine.bake.surface import surface_for
 
-        fi = face_idx.long()
-        fm = self.face_mat[fi]
-        lin = self.factors[fm].clone()
-        tri = self.tri[fi].long()
-        if self.uv is not None:
-            uvp = (bary[..., None] * self.uv[0][tri]).sum(1)
-            for mi, t in enumerate(self.textures):
-                if t is None:
-                    continue
-                tex, wrap = t
-                sel = torch.nonzero(fm == mi, as_tuple=True)[0]
-                if sel.numel() == 0:
-                    continue
-                u = uvp[sel]
-                if wrap == "mirror":
-                    f = torch.remainder(u, 2.0)
-                    u = torch.where(f > 1.0, 2.0 - f, f)
-                col = dr.texture(tex, u.reshape(1, -1, 1, 2).contiguous(), filter_mode="linear",
-                                 boundary_mode="wrap" if wrap == "repeat" else "clamp")[0, :, 0]
-                lin[sel] = lin[sel] * col
-        if self.vcol is not None:
-            lin = lin * (bary[..., None] * self.vcol[0][tri]).sum(1)
-        return linear_to_srgb_t(lin)
+            self._base = channel_class("base")(surface_for(self.mesh, self.device))
+        return self._base.sample(face_idx.long(), bary)[:, :3]
+
+    def shade(self, rast: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """rast (V,H,W,4) -> sRGB colour (V,H,W,3) (0 outside), coverage mask (V,H,W)."""
+        tri_id = rast[..., 3].long() - 1
+        mask = tri_id >= 0
+        u, v = rast[..., 0], rast[..., 1]
+        bary = torch.stack([u, v, 1 - u - v], -1)  # nvdiffrast: (u, v) weigh corners 0 and 1
+        out = torch.zeros(mask.shape + (3,), device=self.device)
+        if bool(mask.any()):
+            out[mask] = self.shade_points(tri_id[mask], bary[mask])
+        return out, mask
 
     def rasterize_ids(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
         """Triangle id per pixel (V,H,W) int64, -1 where empty."""

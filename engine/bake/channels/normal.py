@@ -1,0 +1,128 @@
+"""The ``normal`` channel: a tangent-space normal map of the source's shading normal.
+
+``sample`` gives the source's shading normal at a hit, in world space: its own
+normals interpolated (split where the source has hard edges; for a source
+without normals, corner normals smoothed below 30 degrees, as Blender's
+"smooth by angle"), perturbed by the source's own normal map through its
+MikkTSpace frame (its TANGENT attribute, or tangents computed here).
+
+``finalize`` expresses the blended world normal of each texel in the
+target's frame exactly as a viewer decodes it -- Blender's Normal Map node,
+glTF: n = normalize(x T + y B + z N) with the interpolated MikkTSpace tangent
+T, the normalised interpolated normal N and B = w cross(N, T) -- by solving
+that 3x3 system per texel, then stores 0.5 + 0.5 (x, y, z).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.bake.channels.base import Channel
+
+SOURCE_SMOOTH_ANGLE = 30.0  # degrees: sources without normals are shaded smooth below this dihedral angle
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def source_corner_normals(src) -> np.ndarray:
+    if src.normals is not None:
+        return np.asarray(src.normals, np.float32)[np.asarray(src.faces, np.int64)]
+    from engine.mesh.normals import corner_normals
+
+    return corner_normals(src.vertices, src.faces, hard=SOURCE_SMOOTH_ANGLE)
+
+
+def world_from_tangent(c: torch.Tensor, T: torch.Tensor, w: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+    """Decode tangent-space vectors c (K,3) with frames (T, w, N) as Blender / glTF viewers do."""
+    N = _unit(N)
+    B = w[:, None] * torch.cross(N, T, dim=-1)
+    return _unit(c[:, :1] * T + c[:, 1:2] * B + c[:, 2:3] * N)
+
+
+def tangent_from_world(n: torch.Tensor, T: torch.Tensor, w: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
+    """The inverse of world_from_tangent: unit c (K,3), z >= 0, with normalize(c.x T + c.y B + c.z N) = n."""
+    N = _unit(N)
+    B = w[:, None] * torch.cross(N, T, dim=-1)
+    # rows of the inverse of [T B N] (columns): (B x N, N x T, T x B) / det
+    r0 = torch.cross(B, N, dim=-1)
+    r1 = torch.cross(N, T, dim=-1)
+    r2 = torch.cross(T, B, dim=-1)
+    det = (T * r0).sum(-1, keepdim=True)
+    det = torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
+    c = torch.stack([(r0 * n).sum(-1), (r1 * n).sum(-1), (r2 * n).sum(-1)], -1) / det
+    c = _unit(c)
+    # a source normal facing away from the target's hemisphere cannot be stored: keep it at the horizon
+    c = torch.where(c[:, 2:3] < 0.02, _unit(torch.cat([c[:, :2], torch.full_like(c[:, :1], 0.02) * c[:, :2].norm(dim=-1, keepdim=True).clamp_min(1e-6)], -1)), c)
+    return c
+
+
+class NormalChannel(Channel):
+    name = "normal"
+    size = 3
+    out_size = 3
+    fill = (0.5, 0.5, 1.0)
+
+    @classmethod
+    def present(cls, src) -> bool:
+        return any(m.normal is not None for m in src.materials)
+
+    def _corner_normals(self) -> torch.Tensor:
+        s = self.surface
+        return s.tensor("corner_normals", lambda: torch.as_tensor(source_corner_normals(s.src), device=s.device))
+
+    def _corner_tangents(self, k: int) -> torch.Tensor | None:
+        s = self.surface
+        src = s.src
+
+        def make():
+            if k == 0 and src.tangents is not None:
+                t = np.asarray(src.tangents, np.float32)[np.asarray(src.faces, np.int64)]
+                if np.isfinite(t).all() and (np.linalg.norm(t[..., :3], axis=-1) > 1e-6).all():
+                    return torch.as_tensor(t, device=s.device)
+                src.ignored_features.append("invalid TANGENT attribute (recomputed with MikkTSpace)")
+            uv = src.uv_set(k)
+            if uv is None:
+                return None
+            from engine.mesh.tangents import corner_tangents
+
+            cn = self._corner_normals().cpu().numpy()
+            return torch.as_tensor(corner_tangents(src.vertices, src.faces, cn, uv), device=s.device)
+
+        return s.tensor(("corner_tangents", k), make)
+
+    def sample(self, face, bary):
+        s = self.surface
+        n = _unit(s.interp(self._corner_normals(), face, bary))
+
+        def apply(mi, m, sel):
+            ref = m.normal
+            ct = self._corner_tangents(ref.texcoord)
+            if ct is None:
+                return
+            t = s.sample(ref, face[sel], bary[sel], srgb=False)
+            if t is None or t.shape[1] < 3:
+                return
+            c = t[:, :3] * 2.0 - 1.0
+            c = torch.cat([c[:, :2] * float(m.normal_scale), c[:, 2:]], 1)
+            T = s.interp(ct[..., :3], face[sel], bary[sel])
+            w = torch.sign(ct[face[sel], 0, 3])
+            w = torch.where(w == 0, torch.ones_like(w), w)
+            n[sel] = world_from_tangent(c, T, w, n[sel])
+
+        s.per_material(face, lambda m: m.normal, apply)
+        return n
+
+    def finalize(self, values, frame=None):
+        if frame is None:
+            raise ValueError("the normal channel needs the target's tangent frame")
+        c = tangent_from_world(_unit(values), frame.tangent, frame.sign, frame.normal)
+        return (c * 0.5 + 0.5).clamp(0.0, 1.0)
+
+    @classmethod
+    def gltf(cls, res, material, add_texture):
+        if res.image is None:
+            return  # flat everywhere: the geometry's own normals say it all
+        material["normalTexture"] = {"index": add_texture(res.image, "normal")}
