@@ -70,7 +70,7 @@ def test_inflate_frame_upright_front_plus_z_not_mirrored():
     photo = np.zeros((N, N, 3), np.uint8)
     photo[:, : N // 2] = (255, 0, 0)  # left half red
     photo[:, N // 2 :] = (0, 0, 255)  # right half blue
-    res = get_backend("inflate").reconstruct(photo, mask, {})
+    res = get_backend("inflate").reconstruct(photo, mask, {"back": "mirror"})  # the mirrored back is checked below
     v = res.mesh.vertices
     assert v[:, 1].min() == pytest.approx(0.0, abs=0.02)
     assert v[:, 1].max() == pytest.approx(1.0, abs=0.02)
@@ -95,6 +95,77 @@ def test_inflate_frame_upright_front_plus_z_not_mirrored():
     assert tm.face_normals[tri[0]][2] < -0.5
     col = shade(res.mesh, tri, trimesh.triangles.points_to_barycentric(tm.triangles[tri], loc))[0]
     assert col[2] > 0.8
+
+
+def _back_and_front_colours(res, n=7):
+    """Colours seen from +Z (front) and -Z (back) on an n x n grid of rays over the object."""
+    import trimesh
+
+    from engine.mesh.source import shade
+
+    v = res.mesh.vertices
+    tm = trimesh.Trimesh(v, res.mesh.faces, process=False)
+    xs = np.linspace(v[:, 0].min(), v[:, 0].max(), n + 2)[1:-1]
+    ys = np.linspace(v[:, 1].min(), v[:, 1].max(), n + 2)[1:-1]
+    out = {}
+    for side, z in (("front", 5.0), ("back", -5.0)):
+        origins = np.array([[x, y, z] for x in xs for y in ys])
+        dirs = np.tile([0.0, 0.0, -np.sign(z)], (len(origins), 1))
+        tri, ray, loc = tm.ray.intersects_id(origins, dirs, multiple_hits=False, return_locations=True)
+        order = np.argsort(ray)
+        tri, ray, loc = tri[order], ray[order], loc[order]
+        out[side] = (ray, shade(res.mesh, tri, trimesh.triangles.points_to_barycentric(tm.triangles[tri], loc)))
+    common = np.intersect1d(out["front"][0], out["back"][0])
+    f = out["front"][1][np.isin(out["front"][0], common)]
+    b = out["back"][1][np.isin(out["back"][0], common)]
+    return f, b
+
+
+def test_inflate_default_back_hides_the_front():
+    """The default back is the front's colours blurred past recognition and darkened:
+    no mirrored face on the back of a head, but the object's own colours."""
+    res = get_backend("inflate").reconstruct(_photo(), SHAPES["disc"], {})
+    assert res.info["back"] == "shaded"
+    front, back = _back_and_front_colours(res)
+    assert len(front) >= 20
+    def detail(c):  # mean colour change between neighbouring samples
+        return float(np.abs(np.diff(c, axis=0)).mean())
+
+    assert detail(back) < 0.5 * detail(front), (detail(back), detail(front))  # the stripes and gradients are gone
+    assert back.mean() < 0.8 * front.mean()  # darker than the lit front
+    assert np.abs(back.mean(axis=0) / back.mean() - front.mean(axis=0) / front.mean()).max() < 0.25  # the same hue overall
+    assert front_view_checks(res.mesh, res.front_view)["passed"]  # the front is still the photo
+    mirror = get_backend("inflate").reconstruct(_photo(), SHAPES["disc"], {"back": "mirror"})
+    f2, b2 = _back_and_front_colours(mirror)
+    assert detail(b2) > 0.5 * detail(f2)  # the option that mirrors the front is still there
+    avg = get_backend("inflate").reconstruct(_photo(), SHAPES["disc"], {"back": "average"})
+    _, b3 = _back_and_front_colours(avg)
+    assert np.ptp(b3, axis=0).max() < 1e-3 and avg.info["back"].startswith("#")  # one solid colour
+
+
+def test_mask_parts_are_reported(tmp_path, kiln_env):
+    """Only the largest of several mask parts is rebuilt: the report, the CLI and the add-on say so."""
+    yy, xx = np.mgrid[0:N, 0:N]
+    blobs = [(40, 50, 28), (115, 50, 16), (80, 125, 12)]
+    mask = np.zeros((N, N), bool)
+    for cx, cy, r in blobs:
+        mask |= np.hypot(xx - cx, yy - cy) < r
+    img, msk = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(_photo()).save(img)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(msk)
+    out = tmp_path / "parts.glb"
+    r = _kiln(["reconstruct", str(img), "--mask", str(msk), "-o", str(out), "--device", "cpu", "--faces", "2000", "--texture-size", "128", "--json"], kiln_env)
+    assert r.returncode == 0, r.stderr
+    mp = json.loads(r.stdout)["mask_parts"]
+    areas = sorted((np.pi * rr * rr for _, _, rr in blobs), reverse=True)
+    assert mp["found"] == 3 and mp["kept"] == 1
+    assert mp["kept_fraction"] == pytest.approx(areas[0] / sum(areas), abs=0.03)
+    assert "kept the largest of 3 parts" in r.stderr and "--keep-all-components" in r.stderr
+    r = _kiln(["reconstruct", str(img), "--mask", str(msk), "-o", str(out), "--device", "cpu", "--faces", "2000", "--texture-size", "128",
+               "--json", "--keep-all-components"], kiln_env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mask_parts"] == {"found": 3, "kept": 3, "kept_fraction": 1.0}
+    assert "kept the largest" not in r.stderr
 
 
 def test_inflate_back_colour():

@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-checks", action="store_true", help="skip the front-view IoU/PSNR/watertight checks")
     g = p.add_argument_group("inflate backend")
     g.add_argument("--keep-all-components", action="store_true", help="keep every part of the silhouette, not just the largest")
-    g.add_argument("--back", default="mirror", help="back side: mirror (the front seen from behind, default) or a colour #rrggbb / r,g,b")
+    g.add_argument("--back", default="shaded", help="back side: shaded (default: the front's colours blurred and darkened, no face shows through), "
+                   "average (the front's mean colour), mirror (the front seen from behind) or a colour #rrggbb / r,g,b")
     g.add_argument("--depth", type=float, default=0.3, help="maximum thickness as a fraction of the object's larger side (default 0.3)")
     g.add_argument("--inflation", type=float, default=1.0, help="profile multiplier; 1 = round rim (default 1)")
     g.add_argument("--max-size", type=int, default=1024, help="working resolution: longest image side in pixels (default 1024)")
@@ -67,6 +68,11 @@ def print_summary(report: dict, output) -> None:
             f"{'watertight' if c.get('watertight') else 'NOT watertight'}, {'PASS' if c['passed'] else 'FAIL'}"
         )
     print(line, file=sys.stderr)
+    from engine.reconstruct.pipeline import mask_parts_warning
+
+    warn = mask_parts_warning(report)
+    if warn:
+        print(f"kiln: warning: {warn}", file=sys.stderr)
 
 
 def run(args) -> int:

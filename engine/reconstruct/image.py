@@ -332,6 +332,7 @@ def clean_silhouette(
     info = {
         "components_found": int(nc - 1),
         "components_kept": len(keep),
+        "kept_fraction": round(float(areas[np.asarray(keep) - 1].sum()) / float(areas.sum()), 4),
         "holes_filled": filled,
         "holes_kept": kept_holes,
         "pixels_in": n_in,

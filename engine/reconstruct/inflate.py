@@ -26,13 +26,16 @@ A silhouette is inflated into a closed 2.5D "pillow":
    the object's bounding box (at the photo's full resolution up to
    ``texture_max``), with background pixels replaced by a smooth extension of
    the object so nothing bleeds in at the rim. The back uses the same UVs
-   (the mirrored front, seen from behind) or a solid ``back`` colour.
+   with a ``back`` style: ``shaded`` (default: the front's colours blurred past recognition and
+   darkened, so no face shows through), ``average`` (the front's mean colour), ``mirror`` (the
+   front seen from behind) or a solid colour.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from enum import Enum
 from typing import Optional
 
 import numpy as np
@@ -47,38 +50,59 @@ RIM_HALF_HEIGHT = 0.5
 """Half height of the rim wall joining the two sheets, in grid steps."""
 
 
-def parse_back(back) -> Optional[np.ndarray]:
-    """'mirror' -> None; '#rrggbb' / 'r,g,b' (0..255 or 0..1) / [r, g, b] -> sRGB floats in [0, 1]."""
+class BackStyle(str, Enum):
+    """What the back of an inflated object shows (the photo only saw the front)."""
+
+    SHADED = "shaded"  # the front's colours blurred past recognition and darkened (default)
+    AVERAGE = "average"  # one colour: the front's average
+    MIRROR = "mirror"  # the front seen from behind (a face shows through, mirrored)
+    COLOUR = "colour"  # a given solid colour
+
+
+BACK_HINT = "use shaded (default), average, mirror, #rrggbb or r,g,b"
+SHADED_BLUR = 0.06
+"""Gaussian sigma of the shaded back, as a fraction of the texture's longer side (features vanish)."""
+SHADED_DARKEN = 0.6
+"""Brightness of the shaded back relative to the front (it faces away from the camera's light)."""
+
+
+def parse_back(back) -> tuple:
+    """(BackStyle, sRGB floats in [0, 1] for COLOUR else None) from 'shaded' | 'average' | 'mirror' |
+    '#rrggbb' / 'r,g,b' (0..255 or 0..1) / [r, g, b]; None means the default, shaded."""
     if back is None:
-        return None
+        return BackStyle.SHADED, None
     if isinstance(back, str):
         s = back.strip().lower()
-        if s in ("", "mirror", "front", "mirrored"):
-            return None
+        if s in ("", "shaded", "shade", "blurred"):
+            return BackStyle.SHADED, None
+        if s in ("average", "mean", "solid"):
+            return BackStyle.AVERAGE, None
+        if s in ("mirror", "front", "mirrored"):
+            return BackStyle.MIRROR, None
         if s.startswith("#"):
             h = s[1:]
             if len(h) == 3:
                 h = "".join(c * 2 for c in h)
             if len(h) != 6 or any(c not in "0123456789abcdef" for c in h):
-                raise InputError(f"invalid back colour {back!r}", hint="use mirror, #rrggbb or r,g,b", code="bad_option")
-            return np.array([int(h[i : i + 2], 16) for i in (0, 2, 4)], np.float32) / 255.0
+                raise InputError(f"invalid back colour {back!r}", hint=BACK_HINT, code="bad_option")
+            return BackStyle.COLOUR, np.array([int(h[i : i + 2], 16) for i in (0, 2, 4)], np.float32) / 255.0
         parts = [p for p in s.replace(" ", ",").split(",") if p]
         try:
             vals = [float(p) for p in parts]
         except ValueError:
-            raise InputError(f"invalid back colour {back!r}", hint="use mirror, #rrggbb or r,g,b", code="bad_option") from None
+            raise InputError(f"invalid back colour {back!r}", hint=BACK_HINT, code="bad_option") from None
         back = vals
     try:
         arr = np.asarray(back, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError):
-        raise InputError(f"invalid back colour {back!r}", hint="use mirror, #rrggbb or r,g,b", code="bad_option") from None
+        raise InputError(f"invalid back colour {back!r}", hint=BACK_HINT, code="bad_option") from None
     if arr.shape != (3,) or not np.all(np.isfinite(arr)) or arr.min() < 0:
-        raise InputError(f"invalid back colour {back!r}", hint="use mirror, #rrggbb or three numbers", code="bad_option")
+        raise InputError(f"invalid back colour {back!r}", hint=BACK_HINT, code="bad_option")
     if arr.max() > 1.0:
         if arr.max() > 255.0:
             raise InputError(f"invalid back colour {back!r}: components must be 0..255 or 0..1", code="bad_option")
         arr = arr / 255.0
-    return arr
+    return BackStyle.COLOUR, arr
 
 
 def _bilinear(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -282,7 +306,7 @@ class InflateBackend(ReconBackend):
     option_defaults = {
         "max_size": 1024,  # working resolution: longest side in pixels
         "keep_all_components": False,
-        "back": "mirror",  # mirror | '#rrggbb' | 'r,g,b' | [r, g, b]
+        "back": "shaded",  # shaded | average | mirror | '#rrggbb' | 'r,g,b' | [r, g, b]
         "inflation": 1.0,  # profile multiplier: 1 = circular rim
         "depth": 0.3,  # max thickness as a fraction of the object's larger side
         "mesh_faces": 120_000,  # triangle budget before Kiln's simplify
@@ -304,7 +328,7 @@ class InflateBackend(ReconBackend):
         need(isinstance(o["mesh_faces"], int) and 1000 <= o["mesh_faces"] <= 5_000_000, f"mesh_faces={o['mesh_faces']!r} must be in 1000..5000000")
         need(isinstance(o["texture_max"], int) and 16 <= o["texture_max"] <= 8192, f"texture_max={o['texture_max']!r} must be in 16..8192")
         need(isinstance(o["clean_px"], int) and 0 <= o["clean_px"] <= 32, f"clean_px={o['clean_px']!r} must be in 0..32")
-        o["back_rgb"] = parse_back(o["back"])
+        o["back_style"], o["back_rgb"] = parse_back(o["back"])
         return o
 
     def reconstruct(self, rgb, mask, options=None, progress=None) -> ReconResult:
@@ -390,11 +414,19 @@ class InflateBackend(ReconBackend):
         uv = np.stack([u, v], axis=1).astype(np.float32)
         mats = [Material(name="photo", texture=tex_u8, wrap="clamp")]
         face_material = None
-        back_rgb = o["back_rgb"]
-        if back_rgb is not None:
+        style, back_rgb = o["back_style"], o["back_rgb"]
+        if style is BackStyle.AVERAGE:
+            back_rgb = tex[valid].mean(axis=0) / 255.0 if valid.any() else tex.reshape(-1, 3).mean(axis=0) / 255.0
+        if style is BackStyle.SHADED:
+            sigma = max(1.0, SHADED_BLUR * max(tw, th))
+            blurred = cv2.GaussianBlur(tex, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REPLICATE)
+            back_u8 = np.clip(np.rint(blurred * SHADED_DARKEN), 0, 255).astype(np.uint8)
+            mats.append(Material(name="back", texture=back_u8, wrap="clamp"))
+        elif style is not BackStyle.MIRROR:
             col = np.ones(4, np.float32)
-            col[:3] = srgb_to_linear(back_rgb)
+            col[:3] = srgb_to_linear(np.asarray(back_rgb, np.float32))
             mats.append(Material(name="back", base_color_factor=col))
+        if len(mats) > 1:
             face_material = np.zeros(len(geo["faces"]), np.int32)
             nf, nb = geo["n_front_faces"], geo["n_back_faces"]
             face_material[nf : nf + nb] = 1
@@ -424,7 +456,7 @@ class InflateBackend(ReconBackend):
             "thickness": round(float(2.0 * z.max() * scale), 6),
             "rim_radius_cap": round(float(geo["cap"] * scale), 6),
             "texture_size": [int(tex_u8.shape[1]), int(tex_u8.shape[0])],
-            "back": "mirror" if back_rgb is None else "#%02x%02x%02x" % tuple(int(round(c * 255)) for c in back_rgb),
+            "back": style.value if style in (BackStyle.SHADED, BackStyle.MIRROR) else "#%02x%02x%02x" % tuple(int(round(float(c) * 255)) for c in back_rgb),
             "timings": {k: round(v, 4) for k, v in t.items()},
         }
         if progress:

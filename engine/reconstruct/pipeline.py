@@ -159,7 +159,7 @@ def reconstruct(
                            image's alpha, else automatic segmentation
       auto_mask            allow GrabCut when there is neither mask nor alpha (default True)
       checks               run the front-view checks on the source and the baked result (default True)
-      inflate options      keep_all_components, back ("mirror" | "#rrggbb" | [r, g, b]), depth, inflation,
+      inflate options      keep_all_components, back ("shaded" default | "average" | "mirror" | "#rrggbb" | [r, g, b]), depth, inflation,
                            max_size, mesh_faces, texture_max, clean_px
       sam3d options        config, repo, seed, frame ("camera" | "canonical"), compile, use_gaussians
     Options of the other backend are ignored (listed in the report); unknown keys raise InputError.
@@ -228,10 +228,32 @@ def reconstruct(
         section["checks"] = checks
         section["checks_passed"] = all(c.get("passed", False) for c in checks.values())
     rep["reconstruct"] = section
+    parts = mask_parts(res.info)
+    if parts is not None:
+        rep["mask_parts"] = parts
     rep["total_seconds"] = round(time.perf_counter() - t_start, 4)
     if progress is not None:
         progress("done", 1.0, "")
     return result
+
+
+def mask_parts(backend_info: dict) -> Optional[dict]:
+    """{"found", "kept", "kept_fraction"} of the silhouette's connected parts (inflate), or None.
+    kept_fraction: the kept parts' share of the cleaned mask's pixels."""
+    sil = (backend_info or {}).get("silhouette")
+    if not isinstance(sil, dict) or "components_found" not in sil:
+        return None
+    return {"found": int(sil["components_found"]), "kept": int(sil["components_kept"]), "kept_fraction": float(sil.get("kept_fraction", 1.0))}
+
+
+def mask_parts_warning(report: dict) -> Optional[str]:
+    """One line when parts of the mask were dropped (only the largest kept), else None."""
+    mp = report.get("mask_parts")
+    if not isinstance(mp, dict) or mp.get("found", 0) <= mp.get("kept", 0):
+        return None
+    kept = "the largest" if mp["kept"] == 1 else f"the {mp['kept']} largest"
+    return (f"mask: kept {kept} of {mp['found']} parts ({mp['kept_fraction'] * 100:.0f}% of the mask); "
+            "the rest was dropped (--keep-all-components keeps every part)")
 
 
 def _describe_mask(mask) -> Optional[str]:
