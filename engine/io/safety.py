@@ -22,8 +22,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-import numpy as np
-
 from engine.errors import InputError
 
 MAX_JSON_DEPTH = 64
@@ -34,17 +32,22 @@ MAX_IMAGE_PIXELS = 100_000_000
 """Images (textures, photos) with more pixels than this are refused before decoding."""
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(rb"[\[\]{}]")
 
 
 def json_depth(data: Union[str, bytes]) -> int:
-    """The deepest nesting of arrays/objects in a JSON text (strings are skipped), without parsing it."""
+    """The deepest nesting of arrays/objects in a JSON text (strings are skipped), without parsing it.
+    Plain Python (the service's HTTP process loads no numpy)."""
     raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-    raw = _STRING.sub(b'""', raw)
-    b = np.frombuffer(raw, dtype=np.uint8)
-    step = np.zeros(b.shape, dtype=np.int32)
-    step[(b == ord("[")) | (b == ord("{"))] = 1
-    step[(b == ord("]")) | (b == ord("}"))] = -1
-    return int(np.cumsum(step).max(initial=0))
+    depth = deepest = 0
+    for m in _BRACKET.finditer(_STRING.sub(b'""', raw)):
+        if m.group() in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
 
 
 def json_loads_limited(data: Union[str, bytes], max_depth: int = MAX_JSON_DEPTH, what: str = "the JSON") -> Any:
