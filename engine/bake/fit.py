@@ -23,29 +23,37 @@ import torch
 import torch.nn.functional as F
 
 
+_K1 = (0.25, 0.75, 0.75, 0.25)
+
+
+def _kernel(t: torch.Tensor) -> torch.Tensor:
+    k = torch.tensor(_K1, dtype=t.dtype, device=t.device)
+    return (k[:, None] * k[None, :])[None, None]  # (1,1,4,4) separable bilinear x2 kernel
+
+
 def _up(t: torch.Tensor) -> torch.Tensor:
     """(N,C,S,S) -> (N,C,2S,2S) bilinear (align_corners=False, edges clamped): what a viewer does between texels.
 
-    Per axis: fine[2i] = .25 t[i-1] + .75 t[i], fine[2i+1] = .75 t[i] + .25 t[i+1].
+    Per axis: fine[2i] = .25 t[i-1] + .75 t[i], fine[2i+1] = .75 t[i] + .25 t[i+1] (t clamped at the
+    ends): torch's bilinear interpolation, which is exactly that (and faster than the equivalent stride-2
+    transposed convolution of the edge-replicated texture, whose adjoint ``_up_adjoint`` is).
     """
     return F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def _adj1(y: torch.Tensor, dim: int) -> torch.Tensor:
-    e = y.narrow(dim, 0, y.shape[dim] // 2 * 2).unflatten(dim, (-1, 2)).select(dim + 1, 0)
-    o = y.narrow(dim, 0, y.shape[dim] // 2 * 2).unflatten(dim, (-1, 2)).select(dim + 1, 1)
-    S = e.shape[dim]
-    out = 0.75 * (e + o)
-    out.narrow(dim, 0, S - 1).add_(0.25 * e.narrow(dim, 1, S - 1))
-    out.narrow(dim, 1, S - 1).add_(0.25 * o.narrow(dim, 0, S - 1))
-    out.narrow(dim, 0, 1).add_(0.25 * e.narrow(dim, 0, 1))
-    out.narrow(dim, S - 1, 1).add_(0.25 * o.narrow(dim, S - 1, 1))
-    return out
-
-
 def _up_adjoint(y: torch.Tensor) -> torch.Tensor:
-    """Exact adjoint (transpose) of _up: (N,C,2S,2S) -> (N,C,S,S)."""
-    return _adj1(_adj1(y, 2), 3)
+    """Exact adjoint (transpose) of _up: (N,C,2S,2S) -> (N,C,S,S): un-crop, stride-2 convolution, fold the
+    replicated border back onto the edge texels."""
+    N, C, H2, W2 = y.shape
+    H, W = H2 // 2, W2 // 2
+    z = F.pad(y.reshape(N * C, 1, H2, W2), (3, 3, 3, 3))
+    u = F.conv2d(z, _kernel(y), stride=2)  # (NC,1,H+2,W+2): adjoint of the transposed conv on the padded texture
+    u = u[:, 0]
+    u[:, 1, :] += u[:, 0, :]
+    u[:, H, :] += u[:, H + 1, :]
+    u[:, :, 1] += u[:, :, 0]
+    u[:, :, W] += u[:, :, W + 1]
+    return u[:, 1 : H + 1, 1 : W + 1].reshape(N, C, H, W).contiguous()
 
 
 def fit_texture(fine, fine_cov, k: int = 2, iters: int = 24, lam: float = 0.05):
