@@ -197,6 +197,17 @@ class JobTask(Task):
             msg = "cancelling…"
         self.progress(state, stage, float(job.get("progress") or 0.0), msg)
 
+    def _wait_for_worker(self, client, health: dict) -> dict:
+        """A just-started engine lists its features once a worker has said hello (``backends`` is
+        null until then): wait for that, up to the start timeout, before judging what it can do."""
+        deadline = time.monotonic() + max(5.0, float(self.settings.start_timeout or 60.0))
+        while health.get("backends") is None and time.monotonic() < deadline:
+            self.progress("connecting", "engine", 0.0, "waiting for the engine's worker")
+            self.check_cancel()
+            time.sleep(0.25)
+            health = client.health()
+        return health
+
     def _work(self) -> dict:
         spec = self.spec
         client = self.connect()
@@ -218,6 +229,8 @@ class JobTask(Task):
                 hint="lower the source's resolution (e.g. a Decimate modifier) or start the engine with a larger --max-upload-mb",
                 code="upload_too_large",
             )
+        if spec.requires and "features" in health and health.get("backends") is None:
+            health = self._wait_for_worker(client, health)
         features = health.get("features")
         for need in spec.requires:
             if not isinstance(features, (list, tuple)) or need not in features:
