@@ -80,8 +80,9 @@ def _mtl_textures(mtl: Path) -> list[Path]:
         parts = line.strip().split()
         if len(parts) < 2 or parts[0].lower() not in OBJ_TEXTURE_KEYS:
             continue
-        # options (-s 1 1 1, -bm 0.5, ...) come first; the file name is the rest after them
-        for cand in (" ".join(parts[1:]), parts[-1]):
+        # options (-s 1 1 1, -bm 0.5, ...) come first and the file name may hold spaces: the longest
+        # tail of the line that names an existing file is it
+        for cand in (" ".join(parts[i:]) for i in range(1, len(parts))):
             p = _near(mtl.parent, cand)
             if p is not None:
                 found.append(p)

@@ -47,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-name", action="append", default=[], metavar="NAME",
                    help="another host name (or address) clients reach this service by, e.g. behind a proxy; "
                    "requests naming any other host are refused (DNS-rebinding protection). Repeatable")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where jobs run: local = worker processes on this machine (default); ray = actors on a Ray cluster "
+                   "(one per GPU of the cluster; this process stays torch-free)")
+    p.add_argument("--ray-address", metavar="HOST:PORT|auto", default=None,
+                   help="with --executor ray: the cluster to join (auto: $RAY_ADDRESS); default: a private Ray instance on this machine")
+    p.add_argument("--ray-retries", type=int, default=1, help="with --executor ray: a job whose actor crashed runs again at most this many times (default 1)")
     p.add_argument("--allow-fault-injection", action="store_true", help="accept the job option `fault` (tests only: crash a worker on purpose)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="log level (logs go to stderr)")
     p.add_argument("--access-log", action="store_true", help="log every request (to stderr)")
@@ -161,6 +167,10 @@ def run(args) -> int:
         return _fail(f"--workers {args.workers} must be in 1..64")
     if not args.max_upload_mb > 0:
         return _fail("--max-upload-mb must be positive")
+    if args.ray_address and args.executor != "ray":
+        return _fail("--ray-address needs --executor ray")
+    if not 0 <= args.ray_retries <= 10:
+        return _fail(f"--ray-retries {args.ray_retries} must be in 0..10")
     if args.job_timeout < 0 or args.cancel_grace < 0 or args.retention_hours < 0 or args.max_queue < 1:
         return _fail("--job-timeout, --cancel-grace and --retention-hours must be >= 0, --max-queue >= 1")
     if args.max_faces is not None and not 4 <= args.max_faces <= 10_000_000_000:
@@ -203,8 +213,12 @@ def run(args) -> int:
     from engine.service.limits import default_caps
     from engine.service.supervisor import Supervisor
 
-    gpus = detect_gpus()
-    workers = args.workers or max(1, len(gpus))
+    if args.executor == "ray":
+        gpus = []  # the cluster's GPUs, not this machine's: one actor per cluster GPU unless --workers
+        workers = args.workers or 0
+    else:
+        gpus = detect_gpus()
+        workers = args.workers or max(1, len(gpus))
     config = ServiceConfig(
         data_dir=data_dir,
         workers=workers,
@@ -216,8 +230,11 @@ def run(args) -> int:
         max_queue=args.max_queue,
         allow_fault_injection=args.allow_fault_injection,
         token=token,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_retries=args.ray_retries,
         caps=default_caps(
-            workers, max_faces=args.max_faces, max_texture_size=args.max_texture_size,
+            max(1, workers), max_faces=args.max_faces, max_texture_size=args.max_texture_size,
             job_memory_bytes=int(args.job_memory_gb * 1024**3) if args.job_memory_gb else None,
         ),
         allowed_hosts=allowed_hosts(args.host, args.public_name),
@@ -235,7 +252,17 @@ def run(args) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    sup = Supervisor(config)
+    from engine.errors import KilnError
+
+    try:
+        sup = Supervisor(config)  # the executor's slots: for ray, this connects to the cluster
+    except KilnError as e:
+        sock.close()
+        lock.close()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        return _fail(e.message, e.hint, code=3)
+    workers = len(sup.slots)
     app = create_app(sup)
     stop["app"] = app
     open_note = None
@@ -250,7 +277,7 @@ def run(args) -> int:
             if self.started and not self.should_exit:
                 _event(
                     event="ready", url=url, pid=os.getpid(), version=__version__, api_version=API_VERSION,
-                    workers=workers, gpus=[g.name for g in gpus], data_dir=str(data_dir), auth=bool(token),
+                    workers=workers, gpus=[g.name for g in gpus], data_dir=str(data_dir), auth=bool(token), executor=config.executor,
                     limits=config.caps.to_dict(), **({"warning": open_note} if open_note else {}),
                 )
                 if open_note:

@@ -38,8 +38,10 @@ EXECUTORS: dict[str, ExecutorKind] = {
 
 
 class ExecutorUnavailable(KilnError):
+    """The executor cannot run here: its package is missing, or its cluster cannot be reached (exit 3, like a missing backend)."""
+
     code = "executor_unavailable"
-    exit_code = 2
+    exit_code = 3
 
 
 def names() -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -168,11 +169,21 @@ class RayCluster:
     def connect(cls, address: Optional[str], num_cpus: Optional[int] = None) -> None:
         with cls._lock:
             if not ray.is_initialized():
+                _token_auth_from_file()
                 kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
-                if address:
-                    ray.init(address=address, **kwargs)
-                else:  # a private Ray instance for this run, stopped with it
-                    ray.init(num_cpus=num_cpus, **kwargs)
+                # ray.init installs its own SIGTERM/SIGINT handlers (sys.exit(signum)); the service and
+                # kiln batch keep theirs (graceful shutdown, exit 0 / 130)
+                main = threading.current_thread() is threading.main_thread()
+                saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+                try:
+                    if address:
+                        ray.init(address=address, **kwargs)
+                    else:  # a private Ray instance for this run, stopped with it
+                        ray.init(num_cpus=num_cpus, **kwargs)
+                finally:
+                    for sig, handler in saved.items():
+                        if handler is not None:
+                            signal.signal(sig, handler)
                 cls._started_here = True
             cls._users += 1
 
@@ -188,6 +199,25 @@ class RayCluster:
     @staticmethod
     def resources() -> dict:
         return ray.cluster_resources()
+
+
+def _token_auth_from_file() -> None:
+    """Ray >= 2.5x clusters use token authentication: `ray start` writes ~/.ray/auth_token (or takes
+    $RAY_AUTH_TOKEN / $RAY_AUTH_TOKEN_PATH). ``ray.init(address=HOST:PORT)`` does not pick that token up
+    unless RAY_AUTH_MODE says so (address="auto" does): say so when a token is there."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:  # what `ray.init(address="auto")` does; it also refreshes Ray's cached config
+        from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    except ImportError:  # Ray without token authentication
+        return
+    quiet = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # not its "token authentication is enabled" warning on every run
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def _bundle(paths) -> tuple[dict, Path]:
