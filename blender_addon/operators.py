@@ -181,7 +181,8 @@ class KILN_OT_bake_selected(_JobOperator, bpy.types.Operator):
                     raise EngineError(f"the target {target_name!r} is gone", hint="bake again", code="target_gone")
                 new = scene_io.make_target_result(target, result["result"], sc, vl, uv_map, workdir, rep)
                 if target.name in vl.objects:
-                    target.hide_set(True, view_layer=vl)  # the copy sits exactly over it
+                    target.hide_set(True, view_layer=vl)  # the copy sits exactly over it:
+                target.hide_render = True  # hidden in renders too, or the two would z-fight
             else:
                 frame = bpy.data.objects.get(frame_name)
                 matrix = frame.matrix_world.copy() if frame is not None else matrix_at_start

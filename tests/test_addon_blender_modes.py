@@ -271,6 +271,30 @@ def sc_two_objects(cfg):
     return r
 
 
+def sc_maps(cfg):
+    """Maps: only Base asked -> the engine gets maps="base" and the result has no normal map."""
+    import bpy
+
+    base._clear_scene()
+    s = base._scene_defaults()
+    s.target_mode, s.maps_auto, s.maps = "NEW", False, {"BASE"}
+    st = base._kiln()[1]
+    r = {"options": s.bake_options()}
+    obj = _sphere("Plain", 1.0, 3, (0.2, 0.8, 0.2))
+    base._select_only(obj)
+    r.update(base._run_op(bpy.ops.kiln.bake_selected))
+    r["report_maps"] = (st.rt.last_report or {}).get("maps")
+    new = bpy.data.objects.get("Plain_kiln")
+    if new is not None:
+        nodes = new.material_slots[0].material.node_tree.nodes
+        r["normal_maps"] = sum(1 for n in nodes if n.type == "NORMAL_MAP")
+    s.maps = set()
+    r["poll_without_maps"] = bpy.ops.kiln.bake_selected.poll()
+    s.maps_auto = True
+    r["auto_options"] = s.bake_options()
+    return r
+
+
 def _smart_uv(obj):
     import bpy
 
@@ -367,7 +391,7 @@ def sc_active(cfg):
     r.update(base._error_state())
     new = bpy.data.objects.get("Low_kiln")
     r["result_exists"] = new is not None
-    r["low_after"] = {"materials": [m.name for m in low.data.materials], "hidden": low.hide_get(), "uvs_same": _uvs(low) == before["uvs"],
+    r["low_after"] = {"materials": [m.name for m in low.data.materials], "hidden": low.hide_get(), "hidden_render": low.hide_render, "uvs_same": _uvs(low) == before["uvs"],
                       "polygons": len(low.data.polygons)}
     if new is None:
         return r
@@ -453,7 +477,7 @@ if __name__ != "__main__":
     def modes(addon_zip, engine_service, tmp_path_factory):
         return run_driver(
             __file__, addon_zip, tmp_path_factory,
-            ["export_roundtrip", "multi_material", "two_objects", "active_poll", "active"],
+            ["export_roundtrip", "multi_material", "two_objects", "maps", "active_poll", "active"],
             {"engine_mode": "REMOTE", "engine_url": engine_service["url"], "token": engine_service["token"], "timeout": 10.0},
         )
 
@@ -487,6 +511,15 @@ if __name__ != "__main__":
         assert r["hidden"] == [True, True]
         assert r["result"]["props"]["kiln_triangles_in"] == r["tris_sum"]
 
+    def test_maps_setting(modes):
+        r = modes["maps"]
+        assert r["options"]["maps"] == "base" and "maps" not in r["auto_options"]  # Auto = the engine's default
+        assert r["ret"] == ["FINISHED"], r
+        if r["report_maps"] is not None:  # an engine that bakes several maps says which
+            assert r["report_maps"].get("base") == "texture" and "normal" not in r["report_maps"], r["report_maps"]
+        assert r["normal_maps"] == 0
+        assert r["poll_without_maps"] is False
+
     def test_active_mode_poll_messages(modes):
         r = modes["active_poll"]
         ok, (code, message, hint), call = r["only_low"]
@@ -516,7 +549,7 @@ if __name__ != "__main__":
         assert res["normal_map"][0]["image_colorspace"] == ["Non-Color"]
         # the original is hidden, not changed
         la = r["low_after"]
-        assert la["hidden"] and la["uvs_same"] and la["materials"] == b["materials"] and la["polygons"] == b["polygons"]
+        assert la["hidden"] and la["hidden_render"] and la["uvs_same"] and la["materials"] == b["materials"] and la["polygons"] == b["polygons"]
         assert _close_colour(r["colours"]["top"], (1, 0, 0)) and _close_colour(r["colours"]["bottom"], (0, 0, 1)), r["colours"]
 
     def test_cli_target_keeps_geometry_and_uvs(addon_zip, engine_service, tmp_path_factory):
