@@ -852,6 +852,7 @@ if __name__ != "__main__":
         assert res["collections"] == ["Kiln"] and res["uv_layers"] >= 1 and res["image"] is not None
         assert _close([res["matrix"][i][3:] for i in range(3)], [[2.0], [-1.0], [0.5]], 1e-5)  # at the 3D cursor
         assert r["foreground"]["source"] == "mask"  # the mask file was uploaded and used
+        assert "kept the largest of" in res["info"] and "mask parts" in res["info"], res["info"]  # 0.png has several parts: said, not silent
         assert r["datablock_mask"]["ret"] == ["FINISHED"] and r["datablock_mask"]["foreground"]["source"] == "mask"
         b = r["bad_mask"]
         assert b["ret"] == ["CANCELLED"] and "exception" not in b

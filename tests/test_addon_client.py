@@ -596,6 +596,8 @@ def test_local_engine_start_failures(fake_engine_pkg, tmp_path):
     with pytest.raises(kc.EngineError) as ei:
         mgr.client(kl.EngineSettings(mode="LOCAL", python_path=str(bare), extra_env=f"PYTHONPATH={tmp_path}"))
     assert ei.value.code == "engine_start_failed" and "not installed" in ei.value.hint
+    # a command that works (the README's install from a checkout), not a package that is not on PyPI
+    assert "pip install -e ." in ei.value.hint and "torch==2.13.0" in ei.value.hint and "pip install kiln-engine" not in ei.value.hint
     # never ready -> timeout, and the process is not left behind
     eng = kl.LocalEngine(sys.executable, {"PYTHONPATH": str(fake_engine_pkg), "FAKE_MODE": "silent"}, start_timeout=1.0, log_dir=str(tmp_path / "l2"))
     with pytest.raises(kc.EngineError) as ei:
