@@ -58,7 +58,7 @@ def corner_frame(vertices, faces, uv, texels=None, world_normals=None, hit=None,
         else:
             b = texels.bary
             bmin, kmin = b.min(1)
-            near = (bmin < 0.2) & hit
+            near = (bmin < 0.2) & (bmin > -1e-4) & hit  # inside the face (the edge ring lies beyond it)
             he = (texels.face * 3 + (kmin + 1) % 3)[near]
             n = world_normals[near]
             n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)

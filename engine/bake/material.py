@@ -157,8 +157,9 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
     from engine.mesh.normals import split_by_corner
 
     if target.normals is not None and np.asarray(target.normals).ndim == 2:
-        vmap, nf, (tv,) = split_by_corner(target.faces, ct, decimals=4)
+        vmap, nf, (tv,) = split_by_corner(target.faces, ct, decimals=4, n_vertices=len(target.vertices))
         vn = np.asarray(target.normals, np.float32)[vmap]
+        tv[np.linalg.norm(tv[:, :3], axis=1) < 0.5] = (1.0, 0.0, 0.0, 1.0)  # unused vertices (kept as they are)
     else:
         vmap, nf, (vn, tv) = split_by_corner(target.faces, cn, ct, decimals=5)
     if cov_S is None:

@@ -110,11 +110,13 @@ def corner_normals(vertices: np.ndarray, faces: np.ndarray, hard=None, vkey: np.
     return n.reshape(F, 3, 3).astype(np.float32)
 
 
-def split_by_corner(faces: np.ndarray, *corner_attrs: np.ndarray, decimals: int = 6):
+def split_by_corner(faces: np.ndarray, *corner_attrs: np.ndarray, decimals: int = 6, n_vertices: int | None = None):
     """Give every vertex one value per corner attribute by duplicating vertices whose corners disagree.
 
     corner_attrs: arrays (F, 3, C). -> (vmap (n,) new vertex -> old vertex, new faces (F,3) int32,
-    per-vertex attribute arrays (n, C) for each corner attribute).
+    per-vertex attribute arrays (n, C) for each corner attribute). Vertices keep their order; with
+    ``n_vertices``, unused vertices are kept too (attributes 0), so a mesh needing no split comes back
+    with the very same vertex list.
     """
     f = np.asarray(faces, np.int64)
     F = len(f)
@@ -122,8 +124,18 @@ def split_by_corner(faces: np.ndarray, *corner_attrs: np.ndarray, decimals: int 
     for a in corner_attrs:
         cols.append(np.round(np.asarray(a, np.float64).reshape(3 * F, -1), decimals))
     key = np.concatenate(cols, 1)
+    vals = [np.asarray(a).reshape(3 * F, -1) for a in corner_attrs]
+    src_vertex = f.reshape(-1)
+    if n_vertices is not None:
+        unused = np.setdiff1d(np.arange(int(n_vertices)), src_vertex)
+        if len(unused):
+            extra = np.zeros((len(unused), key.shape[1]))
+            extra[:, 0] = unused
+            key = np.concatenate([key, extra])
+            vals = [np.concatenate([v, np.zeros((len(unused), v.shape[1]), v.dtype)]) for v in vals]
+            src_vertex = np.concatenate([src_vertex, unused])
     _, first, inv = np.unique(key, axis=0, return_index=True, return_inverse=True)
-    inv = inv.reshape(-1)
-    vmap = f.reshape(-1)[first]
-    out = [np.asarray(a).reshape(3 * F, -1)[first].astype(np.float32) for a in corner_attrs]
+    inv = inv.reshape(-1)[: 3 * F]
+    vmap = src_vertex[first]
+    out = [v[first].astype(np.float32) for v in vals]
     return vmap, inv.reshape(F, 3).astype(np.int32), out

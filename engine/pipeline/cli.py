@@ -27,6 +27,8 @@ def add_bake_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--padding", type=int, default=d.padding, help=f"chart padding/dilation in texels (default {d.padding})")
     p.add_argument("--cage", type=float, default=d.cage, help=f"ray search distance as a fraction of the bbox diagonal, cpu (default {d.cage})")
     p.add_argument("--max-faces", type=int, default=d.max_faces, help=f"refuse larger inputs (default {d.max_faces:,})")
+    p.add_argument("--maps", default=d.maps, help="channels to bake: auto (every channel the source has, plus a normal map when the "
+                   "geometry changes), all, or a comma list of base,normal,orm,emissive (default auto)")
     p.add_argument("--evaluate", action="store_true", help="measure held-out PSNR of the result against the source")
     p.add_argument("--eval-views", type=int, default=d.eval_views, help=argparse.SUPPRESS)
     p.add_argument("--eval-resolution", type=int, default=d.eval_resolution, help=argparse.SUPPRESS)
@@ -47,13 +49,22 @@ def options_from_args(args) -> BakeOptions:
         eval_views=args.eval_views,
         eval_resolution=args.eval_resolution,
         max_faces=args.max_faces,
+        maps=args.maps,
+        uv_set=getattr(args, "uv_set", 0),
+        unwrap=bool(getattr(args, "unwrap", False)),
     ).validate()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="mesh (.glb .gltf .obj .ply, or a .zip of an OBJ with its .mtl and textures)")
+    p.add_argument("source", nargs="+", help="mesh (.glb .gltf .obj .ply, or a .zip of an OBJ with its .mtl and textures); "
+                   "several sources are merged into one (many high-poly parts -> one target)")
     p.add_argument("-o", "--output", required=True, help="output .glb")
     p.add_argument("--mesh", help="target mesh for a Gaussian-splat source (splat PLY)")
+    p.add_argument("--target", help="your own low-poly (.glb .gltf .obj .ply): keep its vertices, faces and UVs and bake onto it "
+                   "(Blender's 'selected to active')")
+    p.add_argument("--uv-set", type=int, default=0, help="with --target: which UV set (TEXCOORD_n) to bake into (default 0)")
+    p.add_argument("--unwrap", action="store_true", help="with --target: make a new atlas instead of using its UVs")
+    p.add_argument("--cage-mesh", help="with --target: a cage (the target's topology, pushed outwards); rays start on it")
     add_bake_arguments(p)
 
 
@@ -103,13 +114,23 @@ def report_error(e: BaseException) -> int:
 def print_summary(report: dict, output) -> None:
     t = report.get("timings", {})
     parts = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
+    maps = report.get("maps") or {}
+    mtxt = ", ".join(f"{k}" + ("" if v == "texture" else " (factor)") for k, v in maps.items())
     line = (
-        f"kiln: wrote {output}: {report['faces_in']} -> {report['faces_out']} faces, "
-        f"{report['texture_size']}px texture, backend {report['backend']}; {parts}"
+        f"kiln: wrote {output}: {report.get('triangles_in', report['faces_in']):,} -> {report.get('triangles_out', report['faces_out']):,} triangles"
+        f"{' (your target)' if report.get('mode') == 'target' else ''}, {report['texture_size']}px maps: {mtxt or 'base'}; "
+        f"backend {report['backend']}; {parts}"
     )
     if "psnr" in report:
         line += f"; held-out PSNR {report['psnr']:.2f} dB"
     print(line, file=sys.stderr)
+    for w in report.get("warnings", []):
+        print(f"kiln: warning: {w}", file=sys.stderr)
+    if report.get("texels_missed"):
+        print(f"kiln: note: {report['texels_missed']:,} texels found no source within the cage (filled from their neighbours); "
+              "a larger --cage or a --cage-mesh reaches them", file=sys.stderr)
+    if report.get("ignored_features"):
+        print(f"kiln: note: not baked: {'; '.join(report['ignored_features'])}", file=sys.stderr)
 
 
 def run_and_report(produce, args, summary=None) -> int:
@@ -131,12 +152,19 @@ def run(args) -> int:
     from engine.pipeline import bake
 
     def produce():
+        from engine.errors import InputError
+
         opts = options_from_args(args)
-        source = args.source
+        sources = list(args.source)
+        source = sources[0] if len(sources) == 1 else sources
         if getattr(args, "mesh", None):
             from engine.pipeline.splat import splat_source
 
-            source = splat_source(args.source, args.mesh)
-        return bake(source, args.output, opts, progress=StderrProgress(args.quiet))
+            if len(sources) != 1 or args.target:
+                raise InputError("--mesh takes one splat source and no --target", code="bad_option")
+            source = splat_source(sources[0], args.mesh)
+        if (args.uv_set or args.unwrap or args.cage_mesh) and not args.target:
+            raise InputError("--uv-set, --unwrap and --cage-mesh need --target", hint="--target LOW.glb names your low-poly", code="bad_option")
+        return bake(source, args.output, opts, progress=StderrProgress(args.quiet), target=args.target, cage=args.cage_mesh)
 
     return run_and_report(produce, args)

@@ -368,8 +368,12 @@ def create_app(sup: Supervisor) -> FastAPI:
             if cfg.caps is not None:
                 maps = spec["options"].get("maps")
                 device = "cpu" if not cfg.gpus or spec["options"].get("device") == "cpu" else "cuda"
-                spec["options"], refusal = check_job(spec["options"], cfg.caps, spec["given"],
-                                                     len(maps) if isinstance(maps, (list, tuple)) and maps else None, device)
+                n_maps = None
+                if isinstance(maps, str) and maps.strip().lower() not in ("", "auto"):
+                    from engine.bake.channels import ALL, parse_maps  # torch-free: names only
+
+                    n_maps = len(parse_maps(maps) or ALL)
+                spec["options"], refusal = check_job(spec["options"], cfg.caps, spec["given"], n_maps, device)
                 if refusal is not None:
                     raise ApiError(422, "over_limit", refusal.message, refusal.hint)
             fmt = await anyio.to_thread.run_sync(sniff_upload, up.path, spec["kind"], max(cfg.max_upload_bytes * 10, 4 * 1024**3))

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import importlib
 
-import numpy as np
-
 from engine.errors import InputError
 
 REGISTRY: dict[str, str] = {
@@ -95,8 +93,9 @@ class ChannelSet:
         return torch.cat([c.sample(face, bary) for c in self.channels], 1)
 
 
-def evaluate_points(src, name: str, face_idx, bary) -> np.ndarray:
+def evaluate_points(src, name: str, face_idx, bary):
     """One channel's raw values at hits, on the CPU (numpy in, numpy out): the renderers' and checks' shading."""
+    import numpy as np
     import torch
 
     from engine.bake.surface import surface_for
