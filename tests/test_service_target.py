@@ -107,8 +107,10 @@ def test_bake_onto_a_target(server, session):
     out = session.get(f"{server.url}/v1/jobs/{jid}/result", timeout=60).content
     got = trimesh.load(io.BytesIO(out), file_type="glb", force="mesh", process=False)
     want = trimesh.load(io.BytesIO(target), file_type="glb", force="mesh", process=False)
-    assert got.faces.shape == want.faces.shape and np.array_equal(got.faces, want.faces)
-    assert np.allclose(got.vertices, want.vertices, atol=1e-6)
-    assert np.allclose(got.visual.uv, want.visual.uv, atol=1e-6)
+    # the same triangles, corner by corner: positions and UVs (a glTF writer may split vertices
+    # where normals break, so the vertex list itself can be longer)
+    assert got.faces.shape == want.faces.shape
+    assert np.allclose(got.vertices[got.faces], want.vertices[want.faces], atol=1e-6)
+    assert np.allclose(got.visual.uv[got.faces], want.visual.uv[want.faces], atol=1e-6)
     rep = session.get(f"{server.url}/v1/jobs/{jid}/report", timeout=30).json()
     assert rep.get("triangles_out", len(want.faces)) == len(want.faces)
