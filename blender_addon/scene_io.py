@@ -110,8 +110,12 @@ def bake_uv_map(obj) -> str:
 def resolve_selection(context, mode: str) -> BakeSelection:
     """The objects a bake uses, or EngineError with what is missing (also the poll message)."""
     mode = TargetMode(mode)
-    active = context.active_object
-    selected = [o for o in context.selected_objects if _mesh_like(o)]
+    active = getattr(context, "active_object", None)
+    chosen = getattr(context, "selected_objects", None)
+    if chosen is None:  # an editor whose context has no selection list
+        vl = context.view_layer
+        chosen = [o for o in vl.objects if o.select_get(view_layer=vl)]
+    selected = [o for o in chosen if _mesh_like(o)]
     if mode is TargetMode.NEW:
         sources = list(selected)
         if _mesh_like(active) and active not in sources:
