@@ -34,6 +34,7 @@ class Backend:
     name: ClassVar[str] = "?"
     device: str = "cpu"
     supports_splats: ClassVar[bool] = False  # gsplat view rendering (splat sources)
+    renderer_name: ClassVar[str] = "?"  # what render_pairs uses (reports)
     licence_note: ClassVar[str] = ""
 
     def __init__(self, reason: str = ""):

@@ -2,8 +2,9 @@
 result from views never used for baking, over pixels both cover.
 
 Both are rendered unlit (base colour only, sRGB), the result with its baked
-texture sampled bilinearly as a viewer would. Renderer: nvdiffrast on cuda,
-Embree rays on cpu; both implement the same camera model.
+texture sampled bilinearly as a viewer would. The renderer is the backend's
+(``Backend.render_pairs``: nvdiffrast on cuda, Embree rays on cpu); both
+implement the same camera model and shade through the ``base`` channel.
 """
 
 from __future__ import annotations
@@ -46,21 +47,8 @@ def heldout_psnr(src, vertices, faces, uv, texture_u8, options, backend, progres
     cams = heldout_cameras(src.vertices, options.eval_views, options.eval_resolution)
     if splats is not None:
         pairs = _splat_pairs(splats, res, cams)
-    elif backend.name == "cuda":
-        from engine.render.nvdr import render_pair
-
-        pairs = render_pair(src, res, cams)
     else:
-        from engine.render.cpu import CpuRenderer
-
-        ra, rb = CpuRenderer(src), CpuRenderer(res)
-        pairs = []
-        for i, cam in enumerate(cams):
-            ca, ma, _ = ra.render(cam)
-            cb, mb, _ = rb.render(cam)
-            pairs.append((ca, ma, cb, mb))
-            if progress is not None:
-                progress.update((i + 1) / len(cams), f"view {i + 1}/{len(cams)}")
+        pairs = backend.render_pairs(src, res, cams, progress)
     se, cnt, per_view, ious = 0.0, 0, [], []
     for ca, ma, cb, mb in pairs:
         both = ma & mb
@@ -77,7 +65,7 @@ def heldout_psnr(src, vertices, faces, uv, texture_u8, options, backend, progres
         "resolution": options.eval_resolution,
         "per_view_psnr": per_view,
         "silhouette_iou": round(float(np.mean(ious)), 4),
-        "renderer": "nvdiffrast" if backend.name == "cuda" else "embree",
+        "renderer": "gsplat + nvdiffrast" if splats is not None else backend.renderer_name,
     }
     if return_images:
         out["images"] = pairs

@@ -107,6 +107,7 @@ def transfer(scene, src, p, n, cage, progress=None, p_lo=0.0, p_hi=1.0, sample=N
 
 class CpuBackend(Backend):
     name = "cpu"
+    renderer_name = "embree"
     device = "cpu"
     licence_note = "Embree (Apache-2.0): commercial use is fine"
 

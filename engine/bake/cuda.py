@@ -275,6 +275,7 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
 
 class CudaBackend(Backend):
     name = "cuda"
+    renderer_name = "nvdiffrast"
     device = "cuda"
     supports_splats = True
     licence_note = "nvdiffrast is under NVIDIA's non-commercial licence; use --device cpu for commercial work"

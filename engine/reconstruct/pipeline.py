@@ -136,7 +136,7 @@ def _bake_source(res, options: BakeOptions) -> tuple[object, str]:
 
     ok, why = splat_backend_status()
     be = backend_mod.resolve(options.device)
-    if be.name == "cuda" and ok:
+    if be.supports_splats and ok:
         from engine.pipeline.splat import SplatBakeSource
 
         return SplatBakeSource(splats=res.splats, mesh=res.mesh, name=res.mesh.name), f"gaussians ({res.splats.n})"
