@@ -44,6 +44,19 @@ def _fail(message: str, hint: str | None = None, code: int = 2) -> int:
     return code
 
 
+def _log_to_stderr() -> None:
+    """The workers' supervisors log restarts and crashes (logger 'kiln'): one plain line each on stderr."""
+    import logging
+
+    logger = logging.getLogger("kiln")
+    if not logger.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("kiln batch: %(message)s"))
+        logger.addHandler(h)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
 def _faults(specs: list[str]) -> dict[str, str]:
     from engine.service.worker import FAULT_KINDS
 
@@ -65,6 +78,7 @@ def run(args) -> int:
     from engine.batch.summary import AssetResult, AssetStatus, write_summary
     from engine.pipeline.cli import options_from_args
 
+    _log_to_stderr()
     if args.jobs is not None and not 1 <= args.jobs <= 256:
         return _fail(f"--jobs {args.jobs} must be in 1..256")
     if not 0 <= args.retries <= 10:
