@@ -122,6 +122,7 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
         results: dict[str, ChannelResult] = {}
         cov_S = None
         fit_total = 0.0
+        fit_each: dict = {}
         for i, n in enumerate(names):
             ch = channels[n]
             sub = _Sub(progress_fit, i / len(names), (i + 1) / len(names))
@@ -149,8 +150,10 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
             if cov_S is None:
                 cov_S = cov_np
             results[n] = ch.result(u8, cov_np)
-            fit_total += time.perf_counter() - tf
+            fit_each[n] = round(time.perf_counter() - tf, 4)
+            fit_total += fit_each[n]
         info["fit_seconds"] = round(fit_total, 4)
+        info["fit_seconds_per_channel"] = fit_each  # finalize + LSQ fit + fill of each baked channel
         progress_fit.update(1.0)
 
     # output mesh: one normal and one tangent per vertex (split where corners differ)
