@@ -48,7 +48,8 @@ def _sphere(color):
 
 
 def make_folder(root: Path) -> Path:
-    """Three good assets of three formats (one an OBJ with its .mtl and texture in a sub-folder) and one corrupt file."""
+    """Good assets of three formats (one an OBJ with its .mtl and texture in a sub-folder), one with the artist's own
+    low-poly beside it (rock_low.glb, 80 faces: baked onto, not simplified), and one corrupt file."""
     import PIL.Image
     import trimesh
 
@@ -60,6 +61,8 @@ def make_folder(root: Path) -> Path:
     crate.visual = trimesh.visual.TextureVisuals(uv=uv, image=PIL.Image.new("RGB", (8, 8), GREEN))
     (root / "props").mkdir()
     crate.export(root / "props" / "crate.obj")  # + material.mtl + material_0.png beside it
+    _sphere(RED).export(root / "rock.glb")
+    trimesh.creation.icosphere(subdivisions=1).export(root / "rock_low.glb")  # 80 faces
     (root / "broken.glb").write_bytes(b"glTF\x02\x00\x00\x00" + b"\x00" * 40)
     return root
 
@@ -87,13 +90,15 @@ def summary(out: Path) -> dict:
 def check_first_run(out: Path, executor: str) -> dict:
     s = summary(out)
     assert s["executor"] == executor
-    assert {k: s["totals"][k] for k in ("assets", "succeeded", "failed", "skipped")} == {"assets": 4, "succeeded": 3, "failed": 1, "skipped": 0}
+    assert {k: s["totals"][k] for k in ("assets", "succeeded", "failed", "skipped")} == {"assets": 5, "succeeded": 4, "failed": 1, "skipped": 0}
     by = s["by"]
-    for name in ("red", "blue", "props/crate"):
+    assert by["rock"]["target"].endswith("rock_low.glb") and by["rock"]["faces_out"] == 80, by["rock"]  # baked onto the target
+    assert by["red"]["target"] is None and "rock_low" not in by
+    for name in ("red", "blue", "props/crate", "rock"):
         a = by[name]
         assert a["status"] == "succeeded", a
         assert Path(a["output"]) == out / f"{name}.glb" and Path(a["output"]).is_file()
-        assert a["faces_in"] == 320 and 4 <= a["faces_out"] <= 110 and a["backend"] == "cpu"
+        assert a["faces_in"] == 320 and 4 <= a["faces_out"] <= 110 and a["backend"] == "cpu", a
         assert a["seconds"] > 0 and a["node"] and a["error"] is None
     bad = by["broken"]
     assert bad["status"] == "failed" and not (out / "broken.glb").exists()
@@ -105,7 +110,8 @@ def check_first_run(out: Path, executor: str) -> dict:
     median, _ = texture_median(out / "props/crate.glb")  # green texture (times the .mtl's Kd): not the grey of a lost texture
     assert median[1] > 2.5 * median[0] and median[1] > 2.5 * median[2] and median[1] > 90, median
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert sorted((r["name"], r["status"]) for r in rows) == [("blue", "succeeded"), ("broken", "failed"), ("props/crate", "succeeded"), ("red", "succeeded")]
+    assert sorted((r["name"], r["status"]) for r in rows) == [("blue", "succeeded"), ("broken", "failed"), ("props/crate", "succeeded"),
+                                                             ("red", "succeeded"), ("rock", "succeeded")]
     assert [r["error_code"] for r in rows if r["name"] == "broken"] == ["bad_input"]
     return s
 
@@ -130,19 +136,19 @@ def test_local_folder_one_bad_asset_and_resume(folder, local_out):
     assert s["by"]["red"]["node"] == socket.gethostname()
     assert s["workers"] == 2
     log = (local_out.parent / "first_run.log").read_text()
-    assert "FAILED  broken" in log and "3 succeeded, 1 failed" in log
-    # rerun: the three are up to date (the failed one is tried again)
+    assert "FAILED  broken" in log and "4 succeeded, 1 failed" in log
+    # rerun: the good ones are up to date (the failed one is tried again)
     r = kiln_batch(folder, "-o", local_out, *FAST, "--jobs", "2")
     assert r.returncode == 1, r.stderr
     s2 = summary(local_out)
-    assert {n: a["status"] for n, a in s2["by"].items()} == {"red": "skipped", "blue": "skipped", "props/crate": "skipped", "broken": "failed"}
+    assert {n: a["status"] for n, a in s2["by"].items()} == {"red": "skipped", "blue": "skipped", "props/crate": "skipped", "rock": "skipped", "broken": "failed"}
     # a newer texture makes its OBJ out of date; other options make everything out of date; --force redoes all
     time.sleep(0.05)
     (folder / "props" / "material_0.png").touch()
     r = kiln_batch(folder, "-o", local_out, *FAST, "--jobs", "1", "--json", "-q")
     assert r.returncode == 1, r.stderr
     s3 = json.loads(r.stdout)
-    assert {a["name"]: a["status"] for a in s3["assets"]} == {"red": "skipped", "blue": "skipped", "props/crate": "succeeded", "broken": "failed"}
+    assert {a["name"]: a["status"] for a in s3["assets"]} == {"red": "skipped", "blue": "skipped", "props/crate": "succeeded", "rock": "skipped", "broken": "failed"}
 
 
 def test_manifest_per_asset_options_and_a_segfaulting_asset(tmp_path):
@@ -208,20 +214,20 @@ def test_ray_cluster_same_results_and_names_the_node(folder, local_out, ray_clus
     assert r.returncode == 1, r.stderr
     s = check_first_run(out, "ray")
     assert s["ray_address"] == ray_cluster["address"] and s["workers"] == 2  # one actor per cluster CPU
-    for name in ("red", "blue", "props/crate"):
-        a, local = s["by"][name], summary(local_out)["by"][name]
+    for name in ("red", "blue", "props/crate", "rock"):
+        a = s["by"][name]
         assert re.fullmatch(r"[0-9a-f]{56}", a["node_id"]), a
         if ray_cluster["ip"]:
             assert ray_cluster["ip"] in a["node"], a
         assert a["worker"].startswith("ray actor")
-        assert a["faces_out"] == local["faces_out"]
-        m_ray, _ = texture_median(out / f"{name}.glb")
-        m_local, _ = texture_median(Path(local["output"]))
+        m_ray, faces_ray = texture_median(out / f"{name}.glb")
+        m_local, faces_local = texture_median(local_out / f"{name}.glb")  # the local executor's GLB of the same asset
+        assert faces_ray == faces_local == a["faces_out"], (name, faces_ray, faces_local)
         assert np.abs(m_ray - m_local).max() <= 2, (name, m_ray, m_local)
     # resumable on Ray too
     r = kiln_batch(folder, "-o", out, *FAST, "--executor", "ray", "--ray-address", ray_cluster["address"], "--jobs", "1")
     assert r.returncode == 1, r.stderr
-    assert [a["status"] for a in summary(out)["assets"] if a["name"] != "broken"] == ["skipped"] * 3
+    assert [a["status"] for a in summary(out)["assets"] if a["name"] != "broken"] == ["skipped"] * 4
 
 
 def test_ray_segfaulting_asset_fails_alone_after_its_retries(ray_cluster, tmp_path):
@@ -267,25 +273,3 @@ def test_serve_with_the_ray_executor(ray_cluster, tmp_path):
             assert lib not in maps, f"the HTTP process mapped {lib}"
     finally:
         assert srv.stop() == 0, srv.log()
-
-
-def test_target_low_poly_column(tmp_path):
-    import inspect
-
-    import engine.pipeline
-
-    if "target" not in inspect.signature(engine.pipeline.bake).parameters:
-        pytest.skip("engine.pipeline.bake has no target parameter yet")
-    import trimesh
-
-    src = tmp_path / "in"
-    src.mkdir()
-    _sphere(RED).export(src / "rock.glb")
-    low = trimesh.creation.icosphere(subdivisions=1)  # 80 faces: the artist's own low-poly
-    low.export(src / "rock_low.glb")
-    out = tmp_path / "out"
-    r = kiln_batch(src, "-o", out, *FAST, "--jobs", "1")
-    assert r.returncode == 0, r.stderr
-    a = summary(out)["by"]["rock"]
-    assert a["status"] == "succeeded" and a["target"].endswith("rock_low.glb")
-    assert a["faces_out"] == 80, a

@@ -127,9 +127,9 @@ def run(args) -> int:
         try:
             ran, info = run_assets(outdir, to_run, settings, display)
             results += ran
-        except KeyboardInterrupt:
-            rc_interrupt = 130
-            print("kiln: interrupted; the summary lists what finished", file=sys.stderr)
+            if info.get("interrupted"):
+                rc_interrupt = 130
+                print("kiln: interrupted; the summary lists what finished", file=sys.stderr)
         except KilnError as e:
             display.close()
             return _fail(e.message, e.hint, e.exit_code if e.exit_code in (2, 3) else 1)

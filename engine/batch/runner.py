@@ -219,14 +219,18 @@ def run_assets(outdir: Path, assets: list[Asset], settings: RunSettings, display
     config.jobs_dir.mkdir(parents=True, exist_ok=True)
     queue = BatchQueue(outdir, assets, config, display)
     slots = make_slots(settings.executor, queue, config)
-    info: dict = {"workers": len(slots)}
+    info: dict = {"workers": len(slots), "interrupted": False}
     try:
         for s in slots:
             s.thread.start()
         queue.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl+C: cancel what runs, keep what finished (the summary lists it)
+        info["interrupted"] = True
         queue.interrupt()
-        raise
+        deadline = time.monotonic() + config.cancel_grace + 10
+        with queue.cond:
+            while any(j.state == "running" for j in queue.jobs.values()) and time.monotonic() < deadline:
+                queue.cond.wait(0.2)
     finally:
         with queue.cond:
             queue.stopping = True
