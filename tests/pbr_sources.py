@@ -252,10 +252,12 @@ def make(name: str, path):
                            "normalTexture": {"image": nm, "scale": 1.0}}])
     if name == "two_material":
         return _two_material(path)
+    if name == "pbr_body":  # the two-material object's body alone: every channel, no intersecting parts
+        return _two_material(path, fin=False)
     raise KeyError(name)
 
 
-def _two_material(path):
+def _two_material(path, fin: bool = True):
     S = 512
     y, x = np.mgrid[0:S, 0:S] / S
     # body: painted stripes (sRGB), roughness stripes, a metal disc, emissive spots, a bumpy normal map
@@ -290,5 +292,7 @@ def _two_material(path):
                                                       "metallicFactor": 1.0, "roughnessFactor": 0.3},
          "alphaMode": "MASK", "alphaCutoff": 0.5},
     ]
-    return write_glb(path, [{"v": body_v, "f": body_f, "n": body_n, "uv": body_uv, "material": 0},
-                            {"v": fv, "f": ff, "n": fn, "uv": fuv, "material": 1}], mats)
+    parts = [{"v": body_v, "f": body_f, "n": body_n, "uv": body_uv, "material": 0}]
+    if fin:
+        parts.append({"v": fv, "f": ff, "n": fn, "uv": fuv, "material": 1})
+    return write_glb(path, parts, mats if fin else mats[:1])

@@ -145,7 +145,7 @@ def test_cuda_material_channels_agree_with_cpu(tmp_path):
     """The whole material through both backends onto one target (same UVs): every channel agrees."""
     from tests import pbr_sources
 
-    src = pbr_sources.make("two_material", tmp_path / "two.glb")
+    src = pbr_sources.make("pbr_body", tmp_path / "body.glb")  # no intersecting parts: both backends see one surface
     v, f, uv, n = pbr_sources.sphere_uv(24, 48)
     low = pbr_sources.write_glb(tmp_path / "low.glb", [{"v": v * 1.01, "f": f, "n": n, "uv": uv}], [pbr_sources.plain()])
     out = {}

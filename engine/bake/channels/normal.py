@@ -2,8 +2,8 @@
 
 ``sample`` gives the source's shading normal at a hit, in world space: its own
 normals interpolated (split where the source has hard edges; for a source
-without normals, corner normals smoothed below 30 degrees, as Blender's
-"smooth by angle"), perturbed by the source's own normal map through its
+without normals, smooth vertex normals except where a face turns more than
+30 degrees away, see ``source_corner_normals``), perturbed by the source's own normal map through its
 MikkTSpace frame (its TANGENT attribute, or tangents computed here).
 
 ``finalize`` expresses the blended world normal of each texel in the
@@ -27,12 +27,30 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
-def source_corner_normals(src) -> np.ndarray:
-    if src.normals is not None:
-        return np.asarray(src.normals, np.float32)[np.asarray(src.faces, np.int64)]
-    from engine.mesh.normals import corner_normals
+def source_corner_normals(src, device="cpu") -> torch.Tensor:
+    """Shading normal per face corner (F,3,3) of a source, on ``device``.
 
-    return corner_normals(src.vertices, src.faces, hard=SOURCE_SMOOTH_ANGLE)
+    The source's own normals where it has them. Otherwise (PLY scans, OBJ without vn) every corner takes
+    its vertex's smooth normal (area-weighted, vertices welded by position) unless its face turns away
+    from it by more than SOURCE_SMOOTH_ANGLE, then the face's own normal: a cube stays flat, a scan
+    stays smooth, and it costs a few tensor ops even for millions of faces.
+    """
+    faces = torch.as_tensor(np.asarray(src.faces, np.int64), device=device)
+    if src.normals is not None:
+        return torch.as_tensor(np.asarray(src.normals, np.float32), device=device)[faces]
+    from engine.mesh.simplify import unique_rows
+
+    _, key = unique_rows(np.asarray(src.vertices))
+    key = torch.as_tensor(key, device=device)
+    v = torch.as_tensor(np.asarray(src.vertices, np.float32), device=device)
+    t = v[faces]
+    fn = torch.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0], dim=1)  # area-weighted
+    k = key[faces]
+    acc = torch.zeros((int(key.max()) + 1, 3), device=device).index_add_(0, k.reshape(-1), fn.repeat_interleave(3, 0))
+    vn = _unit(acc)[k]  # (F,3,3)
+    fu = _unit(fn)[:, None, :].expand(-1, 3, -1)
+    keep = (vn * fu).sum(-1, keepdim=True) >= float(np.cos(np.radians(SOURCE_SMOOTH_ANGLE)))
+    return torch.where(keep, vn, fu).contiguous()
 
 
 def world_from_tangent(c: torch.Tensor, T: torch.Tensor, w: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
@@ -71,7 +89,7 @@ class NormalChannel(Channel):
 
     def _corner_normals(self) -> torch.Tensor:
         s = self.surface
-        return s.tensor("corner_normals", lambda: torch.as_tensor(source_corner_normals(s.src), device=s.device))
+        return s.tensor("corner_normals", lambda: source_corner_normals(s.src, s.device))
 
     def _corner_tangents(self, k: int) -> torch.Tensor | None:
         s = self.surface
