@@ -23,7 +23,7 @@ import torch
 
 from engine.bake.channels import ChannelSet, channel_class
 from engine.bake.channels.base import ChannelResult
-from engine.bake.frames import Frame, corner_frame, texel_frame
+from engine.bake.frames import corner_frame, texel_frame
 
 
 @dataclass

@@ -19,66 +19,41 @@ from engine.errors import InputError
 from engine.io import require_file
 from engine.mesh.source import Material, SourceMesh, srgb_to_linear
 
-MESH_SUFFIXES = (".glb", ".gltf", ".obj", ".ply", ".zip")
+from engine.io.formats import MESH_SUFFIXES, MODEL_SUFFIXES, detect_file  # noqa: E402,F401  (the one format table)
 
 
 def sniff_format(path: Path) -> str:
-    """Format from content first (uploads have random names), then from the suffix."""
-    with open(path, "rb") as f:
-        head = f.read(512)
-    if head[:4] == b"glTF":
-        return "glb"
-    if head[:4] == b"PK\x03\x04":
-        return "zip"
-    if head[:3] == b"ply":
-        return "ply"
-    s = head.lstrip()
-    if s[:1] == b"{":
-        return "gltf"
-    suf = path.suffix.lower()
-    if suf in (".obj",):
-        return "obj"
-    if suf in (".glb", ".gltf", ".ply", ".zip"):
-        return suf[1:]
-    # OBJ has no magic: accept text that starts like an OBJ
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        text = ""
-    for line in text.splitlines():
-        t = line.strip()
-        if not t or t.startswith("#"):
-            continue
-        if t.split()[0] in ("v", "vt", "vn", "f", "o", "g", "mtllib", "usemtl", "s"):
-            return "obj"
-        break
-    return "unknown"
+    """Format from content (engine.io.formats, the table the service's upload check uses too)."""
+    return detect_file(path) or "unknown"
 
 
 def load_source(path, options=None) -> SourceMesh:
+    from engine.io.formats import FORMATS, loader
+
     p = require_file(path)
     fmt = sniff_format(p)
-    if fmt in ("glb", "gltf"):
-        from engine.io.gltf import load_gltf
+    if fmt not in FORMATS or FORMATS[fmt].loader is None:
+        what = f"a {fmt.upper()} image, not a 3D model" if fmt in FORMATS else "not a format Kiln reads"
+        raise InputError(
+            f"unsupported format: '{p.name}' is {what}",
+            hint="use .glb, .gltf, .obj (+.mtl and textures, or all zipped) or .ply",
+            code="unsupported_format",
+        )
+    return loader(fmt)(p) if fmt != "zip" else load_zip(p, options)
 
-        return load_gltf(p)
-    if fmt == "zip":
-        return _load_zip(p, options)
-    if fmt == "ply":
-        if _is_splat_ply(p):
-            raise InputError(
-                f"'{p.name}' is a Gaussian-splat PLY, not a mesh",
-                hint="bake splats on CUDA with `kiln bake splat.ply --mesh MESH` (engine.splat)",
-                code="splat_source",
-            )
-        return _load_trimesh(p, "ply")
-    if fmt == "obj":
-        return _load_trimesh(p, "obj")
-    raise InputError(
-        f"unsupported format: '{p.name}'",
-        hint="use .glb, .gltf, .obj (+.mtl and textures, or all zipped) or .ply",
-        code="unsupported_format",
-    )
+
+def load_obj(p: Path) -> SourceMesh:
+    return _load_trimesh(p, "obj")
+
+
+def load_ply(p: Path) -> SourceMesh:
+    if _is_splat_ply(p):
+        raise InputError(
+            f"'{p.name}' is a Gaussian-splat PLY, not a mesh",
+            hint="bake splats on CUDA with `kiln bake splat.ply --mesh MESH` (engine.splat)",
+            code="splat_source",
+        )
+    return _load_trimesh(p, "ply")
 
 
 def _is_splat_ply(p: Path) -> bool:
@@ -92,7 +67,7 @@ def _is_splat_ply(p: Path) -> bool:
         return b"f_dc_0" in head and b"opacity" in head
 
 
-def _load_zip(p: Path, options) -> SourceMesh:
+def load_zip(p: Path, options=None) -> SourceMesh:
     try:
         zf = zipfile.ZipFile(p)
     except zipfile.BadZipFile:
@@ -115,8 +90,8 @@ def _load_zip(p: Path, options) -> SourceMesh:
                 raise InputError("zip archive expands to more than 4 GB", code="too_large")
             members.append((info, target))
         models = sorted(
-            [t for _, t in members if t.suffix.lower() in (".obj", ".glb", ".gltf", ".ply")],
-            key=lambda t: ({".glb": 0, ".gltf": 1, ".obj": 2, ".ply": 3}[t.suffix.lower()], len(t.parts)),
+            [t for _, t in members if t.suffix.lower() in MODEL_SUFFIXES],
+            key=lambda t: (MODEL_SUFFIXES.index(t.suffix.lower()), len(t.parts)),
         )
         if not models:
             raise InputError(f"zip '{p.name}' holds no .obj/.glb/.gltf/.ply model", code="unsupported_format")

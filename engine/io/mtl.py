@@ -49,8 +49,6 @@ def _parse_map(args: list[str]) -> tuple[str | None, dict]:
 
 
 def _read_image(path: Path, ignored: list, what: str):
-    from PIL import Image
-
     from engine.errors import InputError
 
     if not path.is_file():

@@ -10,7 +10,6 @@ code ``bad_input``.
 
 from __future__ import annotations
 
-import json
 import re
 import struct
 import zipfile
@@ -20,17 +19,15 @@ from engine.errors import InputError
 from engine.io.safety import MAX_GLTF_JSON_DEPTH, json_loads_limited
 from engine.service.errors import ApiError
 
-HEAD_BYTES = 64 * 1024
+from engine.io.formats import (  # noqa: E402  the one format table, shared with the loader
+    EXPECTED,
+    HEAD_BYTES,
+    IMAGE_FORMATS,
+    MODEL_SUFFIXES,
+    detect as _detect,
+)
+
 MAX_JSON_PARSE = 64 * 1024 * 1024
-MESH_FORMATS = ("glb", "gltf", "obj", "ply", "zip")
-IMAGE_FORMATS = ("png", "jpeg")
-MODEL_SUFFIXES = (".obj", ".glb", ".gltf", ".ply")
-OBJ_KEYWORDS = {
-    "v", "vt", "vn", "vp", "f", "l", "p", "o", "g", "s", "mtllib", "usemtl", "usemap", "maplib",
-    "cstype", "deg", "curv", "curv2", "surf", "parm", "end", "bevel", "c_interp", "d_interp", "lod", "shadow_obj",
-    "trace_obj", "ctech", "stech", "mg", "bmat", "step", "call", "csh", "hole", "scrv", "sp", "trim", "con",
-}
-EXPECTED = "GLB, glTF with embedded data, OBJ (or a .zip of the .obj with its .mtl and textures) or PLY"
 PLY_TYPES = {
     "char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
     "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8,
@@ -73,49 +70,6 @@ def sniff_upload(path: Path, kind: str = "bake", max_expanded: int = 4 * 1024**3
     elif fmt == "zip":
         _check_zip(path, max_expanded)
     return fmt
-
-
-def _detect(head: bytes):
-    if head[:4] == b"glTF":
-        return "glb"
-    if head[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    if head[:3] == b"\xff\xd8\xff":
-        return "jpeg"
-    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "zip"
-    if head[:4] in (b"ply\n", b"ply\r"):
-        return "ply"
-    if b"\x00" in head:
-        return None
-    text = head.decode("latin-1")
-    stripped = text.lstrip("\ufeff\xef\xbb\xbf \t\r\n")
-    if stripped.startswith("{"):
-        return "gltf"
-    return "obj" if _looks_like_obj(text) else None
-
-
-def _looks_like_obj(text: str) -> bool:
-    lines = text.splitlines()
-    if len(lines) > 1 and not text.endswith(("\n", "\r")):
-        lines = lines[:-1]  # last line may be cut by the head limit
-    statements = unknown = 0
-    has_vertex = False
-    for line in lines:
-        t = line.strip()
-        if not t or t.startswith("#"):
-            continue
-        word = t.split(None, 1)[0]
-        statements += 1
-        if word not in OBJ_KEYWORDS:
-            if statements == 1:
-                return False  # an OBJ starts with an OBJ statement
-            unknown += 1  # tolerate a few exporter-specific lines
-        elif word == "v":
-            has_vertex = True
-        if statements >= 200:
-            break
-    return has_vertex and unknown <= max(2, statements // 10)
 
 
 def _check_glb(path: Path, head: bytes, size: int) -> None:

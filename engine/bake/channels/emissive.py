@@ -8,7 +8,6 @@ KHR_materials_emissive_strength, so nothing is clipped.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from engine.bake.channels.base import Channel
 from engine.bake.surface import linear_to_srgb_t

@@ -10,7 +10,6 @@ out, and a channel that is constant becomes plain factors.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from engine.bake.channels.base import Channel
 
