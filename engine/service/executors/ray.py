@@ -230,10 +230,11 @@ def _bundle(paths) -> tuple[dict, Path]:
 class RaySlot:
     """One Ray actor at a time, supervised by one thread (the counterpart of the local WorkerSlot)."""
 
-    def __init__(self, queue, index: int, use_gpu: bool):
+    def __init__(self, queue, index: int, use_gpu: bool, gpu_share: float = 1.0):
         self.sup = queue
         self.index = index
         self.use_gpu = use_gpu
+        self.gpu_share = gpu_share  # 1.0 = a GPU of its own; 0.5 = two actors per GPU (CPU stages of one overlap the other's bake)
         self.state = "starting"
         self.actor = None
         self.info: Optional[dict] = None
@@ -279,7 +280,7 @@ class RaySlot:
     def _start(self) -> bool:
         self.state = "starting"
         self.info = None
-        resources = {"num_gpus": 1, "num_cpus": 1} if self.use_gpu else {"num_cpus": 1}
+        resources = {"num_gpus": self.gpu_share, "num_cpus": 1} if self.use_gpu else {"num_cpus": 1}
         try:
             actor = ray.remote(KilnActor).options(max_restarts=0, max_task_retries=0, max_concurrency=4, **resources).remote(self.index)
             ref = actor.hello.remote()
@@ -495,7 +496,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def make_slots(queue, config) -> list:
-    """One slot per GPU of the cluster (or per CPU slot), or ``config.workers`` when > 0."""
+    """One slot per GPU of the cluster (or per CPU slot), or ``config.workers`` when > 0 (more than the GPUs:
+    they share GPUs, e.g. 16 actors on 8 GPUs ask for half a GPU each)."""
     from engine.service.executors import ExecutorUnavailable
 
     device = getattr(config, "ray_device", "auto")
@@ -517,10 +519,12 @@ def make_slots(queue, config) -> list:
         if use_gpu and gpus == 0:
             raise ExecutorUnavailable("the Ray cluster has no GPU", hint="add GPU nodes (`ray start --address=HEAD:PORT` on them), or use device cpu")
         n = workers or (gpus if use_gpu else max(1, cpus))
+        # more actors than GPUs: k actors share each GPU (num_gpus=1/k), never more than fit
+        share = 1.0 / -(-n // gpus) if use_gpu and gpus and n > gpus else 1.0
     except BaseException:
         RayCluster.release()
         raise
     # every slot releases the connection when its thread ends; the first connect counted one
     for _ in range(n - 1):
         RayCluster.connect(config.ray_address)
-    return [RaySlot(queue, i, use_gpu) for i in range(n)]
+    return [RaySlot(queue, i, use_gpu, share) for i in range(n)]
