@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
