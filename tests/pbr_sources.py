@@ -45,27 +45,36 @@ def ridged_blob(subdivisions: int = 7):
     return p.astype(np.float32), f.astype(np.int64)
 
 
-def grooved_box(n: int = 183):
-    """A rounded box (superellipsoid from a subdivided cube) with grooves and studs."""
+def cube_grid_faces(n: int):
+    """The six faces of the cube [-1,1]^3 as (n+1)^2-vertex grids: [(axis, sign, points (K,3), triangles)]."""
     g = np.linspace(-1, 1, n + 1)
-    faces_v, faces_f = [], []
-    off = 0
+    a, b = np.meshgrid(g, g, indexing="ij")
+    idx = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
+    q = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
+    tri = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
+    out = []
     for axis in range(3):
         for sign in (-1.0, 1.0):
-            a, b = np.meshgrid(g, g, indexing="ij")
             pts = np.zeros((n + 1, n + 1, 3))
             o = [i for i in range(3) if i != axis]
             pts[..., axis] = sign
             pts[..., o[0]] = a
             pts[..., o[1]] = b
-            idx = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
-            q = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
-            tri = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
-            if (sign > 0) != (axis == 1):
-                tri = tri[:, [0, 2, 1]]
-            faces_v.append(pts.reshape(-1, 3))
-            faces_f.append(tri + off)
-            off += (n + 1) ** 2
+            p = pts.reshape(-1, 3)
+            t = p[tri]
+            outward = (np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])[:, axis] * sign).sum() > 0
+            out.append((axis, sign, p, tri if outward else tri[:, [0, 2, 1]]))
+    return out
+
+
+def grooved_box(n: int = 183):
+    """A rounded box (superellipsoid from a subdivided cube) with grooves and studs."""
+    faces_v, faces_f = [], []
+    off = 0
+    for _, _, p, tri in cube_grid_faces(n):
+        faces_v.append(p)
+        faces_f.append(tri + off)
+        off += len(p)
     v = np.concatenate(faces_v)
     f = np.concatenate(faces_f)
     from engine.mesh.simplify import weld
@@ -88,30 +97,15 @@ def grooved_box(n: int = 183):
 
 def hard_cube(n: int = 40):
     """A cube of 6 * 2 * n^2 faces with per-face-split (flat) normals."""
-    g = np.linspace(-1, 1, n + 1)
     V, F, N = [], [], []
     off = 0
-    for axis in range(3):
-        for sign in (-1.0, 1.0):
-            a, b = np.meshgrid(g, g, indexing="ij")
-            pts = np.zeros((n + 1, n + 1, 3))
-            o = [i for i in range(3) if i != axis]
-            pts[..., axis] = sign
-            pts[..., o[0]] = a
-            pts[..., o[1]] = b
-            idx = np.arange((n + 1) ** 2).reshape(n + 1, n + 1)
-            q = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
-            tri = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
-            p = pts.reshape(-1, 3)
-            nn = np.zeros_like(p)
-            nn[:, axis] = sign
-            t = p[tri]
-            if (np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]) * nn[tri[:, 0]]).sum() < 0:
-                tri = tri[:, [0, 2, 1]]
-            V.append(p)
-            F.append(tri + off)
-            N.append(nn)
-            off += len(p)
+    for axis, sign, p, tri in cube_grid_faces(n):
+        nn = np.zeros_like(p)
+        nn[:, axis] = sign
+        V.append(p)
+        F.append(tri + off)
+        N.append(nn)
+        off += len(p)
     return np.concatenate(V).astype(np.float32), np.concatenate(F).astype(np.int64), np.concatenate(N).astype(np.float32)
 
 

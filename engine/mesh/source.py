@@ -122,42 +122,6 @@ class SourceMesh:
         return "material_color"
 
 
-def _wrap_coords(t: np.ndarray, mode: str) -> np.ndarray:
-    if mode == "clamp":
-        return np.clip(t, 0.0, 1.0)
-    if mode == "mirror":
-        f = np.mod(t, 2.0)
-        return np.where(f > 1.0, 2.0 - f, f)
-    return t - np.floor(t)
-
-
-def sample_texture_bilinear(tex: np.ndarray, uv: np.ndarray, wrap: str = "repeat") -> np.ndarray:
-    """Bilinear lookup of an (H, W, C) uint8/float texture at (K, 2) glTF UVs -> (K, C) float32 in [0, 1]."""
-    h, w = tex.shape[:2]
-    texf = tex.astype(np.float32) / 255.0 if tex.dtype == np.uint8 else tex.astype(np.float32)
-    u = _wrap_coords(uv[:, 0].astype(np.float64), wrap) * w - 0.5
-    v = _wrap_coords(uv[:, 1].astype(np.float64), wrap) * h - 0.5
-    x0 = np.floor(u).astype(np.int64)
-    y0 = np.floor(v).astype(np.int64)
-    fx = (u - x0).astype(np.float32)[:, None]
-    fy = (v - y0).astype(np.float32)[:, None]
-    if wrap == "repeat":
-        xs0, xs1 = x0 % w, (x0 + 1) % w
-        ys0, ys1 = y0 % h, (y0 + 1) % h
-    else:
-        xs0, xs1 = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
-        ys0, ys1 = np.clip(y0, 0, h - 1), np.clip(y0 + 1, 0, h - 1)
-    c00 = texf[ys0, xs0]
-    c01 = texf[ys0, xs1]
-    c10 = texf[ys1, xs0]
-    c11 = texf[ys1, xs1]
-    if texf.ndim == 2:
-        c00, c01, c10, c11 = (c[:, None] for c in (c00, c01, c10, c11))
-    top = c00 * (1 - fx) + c01 * fx
-    bot = c10 * (1 - fx) + c11 * fx
-    return (top * (1 - fy) + bot * fy).astype(np.float32)
-
-
 def shade(src: SourceMesh, face_idx: np.ndarray, bary: np.ndarray) -> np.ndarray:
     """sRGB base colour (K, 3) in [0, 1] at points given by face index and barycentrics (K, 3)."""
     from engine.bake.channels import evaluate_points
