@@ -13,8 +13,58 @@ from engine.errors import InputError
 from engine.mesh.source import SourceMesh
 
 
-def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = "mesh") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> (vertices float32, faces int32 without degenerates, kept-face mask)."""
+# A bake view (engine.render.cameras: 40 degree field of view, bounding sphere filling it with 5% margin)
+# sees at most this many layers of surface per pixel on average before the geometry is refused. A closed
+# shape is ~2 (front and back), dense foliage or stacked shells a few dozen; a soup of millions of
+# triangles spanning the whole bounding box is tens of thousands, and overflows nvdiffrast (a segfault
+# after minutes of simplify and unwrap) and makes every Embree ray test all of them.
+MAX_OVERDRAW = 4000.0
+_HALF_FOV_TAN = float(np.tan(np.radians(20.0)))
+_VIEW_DISTANCE = 1.05 / float(np.sin(np.radians(20.0)))  # camera distance in bounding-sphere radii
+
+
+def raster_overdraw(surface_area: float, radius: float) -> float:
+    """Mean surface layers per pixel of a bake view (projected triangle area summed over the image's area).
+
+    A triangle of area A faces a random view at |cos| 1/2 on average; at the nearest possible depth
+    (camera distance minus radius) a unit of area covers (f / depth)^2 pixels, f = res / (2 tan 20deg),
+    so the image (res^2 pixels) holds A / 2 / (2 tan 20deg * depth)^2 of it: resolution-independent,
+    an upper estimate for every bake and evaluation view."""
+    depth = max((_VIEW_DISTANCE - 1.0) * float(radius), 1e-30)
+    return float(surface_area) * 0.5 / (2.0 * _HALF_FOV_TAN * depth) ** 2
+
+
+def _absurd(name: str, n_faces: int, area: float, radius: float, overdraw: float) -> InputError:
+    return InputError(
+        f"{name}: absurd geometry: {n_faces:,} faces with {area:.3g} units^2 of surface inside a bounding "
+        f"sphere of radius {radius:.3g} -- about {overdraw:,.0f} layers of surface per pixel of a bake view "
+        f"(limit {MAX_OVERDRAW:,.0f}); a triangle soup like this would overflow the rasteriser",
+        hint="check the export (huge stray triangles, a broken index buffer, many stacked copies) and remove what is not the object",
+        code="absurd_geometry",
+    )
+
+
+def _early_overdraw_check(v: np.ndarray, fi: np.ndarray, name: str, sample: int = 65_536) -> None:
+    """Large inputs: the surface area estimated from an evenly strided sample of faces, before the full
+    (seconds-long) validation of millions of faces. The radius is half the bounding box's diagonal (never
+    smaller than the bounding sphere's), so the estimate errs towards accepting; the exact check follows."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        t = v[fi[:: max(1, len(fi) // sample)]].astype(np.float64)
+        if not np.isfinite(t).all():
+            return  # the full validation names the NaN/Inf vertices
+        lo, hi = np.nanmin(v, axis=0).astype(np.float64), np.nanmax(v, axis=0).astype(np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        return
+    area = float(np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).mean()) * 0.5 * len(fi)
+    radius = 0.5 * float(np.linalg.norm(hi - lo))
+    overdraw = raster_overdraw(area, radius)
+    if overdraw > MAX_OVERDRAW:
+        raise _absurd(name, len(fi), area, radius, overdraw)
+
+
+def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = "mesh", stats: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> (vertices float32, faces int32 without degenerates, kept-face mask). ``stats`` (optional) receives
+    the kept faces' total ``surface_area``."""
     try:
         v = np.asarray(vertices)
         f = np.asarray(faces)
@@ -53,6 +103,8 @@ def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = 
             hint="the file is corrupt or was written with a wrong index base",
             code="bad_indices",
         )
+    if len(fi) > 200_000:
+        _early_overdraw_check(v, fi, name)
     vf = v.astype(np.float64, copy=False)
     finite = np.isfinite(vf).all(axis=1)
     if not finite.all():
@@ -72,12 +124,23 @@ def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = 
     keep = ~rep & (area2 > (ext * 1e-10) ** 2)
     if not keep.any():
         raise InputError(f"{name}: all {len(f)} faces are degenerate (zero area)", code="degenerate")
+    if stats is not None:
+        stats["surface_area"] = float(area2[keep].sum()) * 0.5
     return v32, np.ascontiguousarray(fi[keep], dtype=np.int32), keep
 
 
 def validate_source(src: SourceMesh, max_faces: int = 5_000_000) -> tuple[SourceMesh, dict]:
     n_in = int(len(src.faces)) if hasattr(src.faces, "__len__") else 0
-    v, f, keep = validate_arrays(src.vertices, src.faces, max_faces=max_faces, name=src.name)
+    stats: dict = {}
+    v, f, keep = validate_arrays(src.vertices, src.faces, max_faces=max_faces, name=src.name, stats=stats)
+    used = np.zeros(len(v), bool)
+    used[f.reshape(-1)] = True
+    vu = v[used].astype(np.float64)
+    center = (vu.min(0) + vu.max(0)) / 2
+    radius = float(np.sqrt(((vu - center) ** 2).sum(1).max()))
+    overdraw = raster_overdraw(stats["surface_area"], radius)
+    if overdraw > MAX_OVERDRAW:
+        raise _absurd(src.name, len(f), stats["surface_area"], radius, overdraw)
     uv = vc = None
     notes = []
     if src.uv is not None:
@@ -110,7 +173,7 @@ def validate_source(src: SourceMesh, max_faces: int = 5_000_000) -> tuple[Source
     ignored = list(src.ignored_features) + [n for n in notes if n.startswith(("NaN", "non-finite"))]
     out = SourceMesh(v, f, uv, vc, fm, list(src.materials), src.name, normals=normals, tangents=tangents, extra_uvs=extra,
                      ignored_features=ignored)
-    return out, {"faces_in": n_in, "faces_dropped": int(n_in - len(f)), "notes": notes}
+    return out, {"faces_in": n_in, "faces_dropped": int(n_in - len(f)), "notes": notes, "raster_overdraw": round(overdraw, 2)}
 
 
 def _optional_vectors(src, attr: str, width: int, n: int, notes: list, what: str, fallback: str):

@@ -274,6 +274,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
         "alpha_mode": base.meta.get("alpha_mode", "OPAQUE"),
         "ignored_features": ignored,
         "texels_missed": int(mb.info.get("texels_missed", 0)),
+        "raster_overdraw": vreport.get("raster_overdraw"),  # mean surface layers per bake-view pixel (engine.mesh.validate)
         "bake": bake_info,
         "options": options.to_dict(),
     }
