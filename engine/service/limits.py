@@ -83,7 +83,7 @@ class Caps:
         return {"max_faces": self.max_faces, "max_texture_size": self.max_texture_size, "job_memory_bytes": self.job_memory_bytes}
 
 
-HARD_MAX_FACES = 5_000_000  # the engine's own default input cap
+HARD_MAX_FACES = 8_000_000  # the engine's own default input cap (BakeOptions.max_faces)
 HARD_MAX_TEXTURE = 8192
 
 

@@ -276,6 +276,11 @@ def worker_main(conn, cancel_seq, slot: int, gpu_id, parent_pid: int) -> None:
         info = _probe()
         info["slot"] = slot
         info["gpu"] = gpu_id
+        if "bake" in info.get("kinds", []):
+            # torch, the CUDA and nvdiffrast contexts, the first kernels: paid here, not by the first job
+            from engine.pipeline.warmup import warm_up
+
+            info["prewarm"] = warm_up()
         M.send(conn, M.Hello(M.plain(info)))
         while True:
             try:
