@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 BLENDER_SIDE = r"""
 import bpy, json, sys, math
-from mathutils import Vector
+from mathutils import Matrix, Vector
 cfg = json.loads(open(sys.argv[-1]).read())
 bpy.ops.wm.read_factory_settings(use_empty=True)
 scene = bpy.context.scene
@@ -30,6 +30,7 @@ for i, path in enumerate(cfg["glbs"]):
     bpy.ops.import_scene.gltf(filepath=path)
     for o in set(bpy.data.objects) - before:
         if o.parent is None:
+            o.matrix_world = Matrix.Rotation(math.radians(80), 4, "Z") @ o.matrix_world  # the fin faces the camera
             o.location.x += (i - 1) * 3.2
 scene.render.engine = "CYCLES"
 scene.cycles.device = "CPU"
