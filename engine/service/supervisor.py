@@ -57,6 +57,15 @@ SIGNAL_HINTS = {
 }
 
 
+def _remove_scratch(jdir: Path) -> None:
+    """A job's scratch folder and partial result: removed as soon as no worker writes them."""
+    shutil.rmtree(jdir / SCRATCH_DIR, ignore_errors=True)
+    try:
+        (jdir / "result.partial.glb").unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def describe_exit(exitcode: Optional[int], stage: Optional[str]) -> dict:
     """The error of a job whose worker process ended with ``exitcode`` while in ``stage``."""
     stage = stage or "start"
@@ -431,11 +440,7 @@ class WorkerSlot:
             self.cancel_seq.value = 0
             # The worker is done with the job or dead: whatever scratch or partial result it
             # left (a killed worker cannot clean up) goes now, not at the retention sweep.
-            shutil.rmtree(jdir / SCRATCH_DIR, ignore_errors=True)
-            try:
-                (jdir / "result.partial.glb").unlink(missing_ok=True)
-            except OSError:
-                pass
+            _remove_scratch(jdir)
             if self.proc is not None and self.proc.is_alive():
                 self.state = "idle"
             else:
@@ -502,6 +507,8 @@ class WorkerSlot:
             proc.kill()
             proc.join(10)
         code = proc.exitcode
+        # nobody writes the job's scratch any more: remove it before the job is seen to end
+        _remove_scratch(self.sup.job_dir(job.id))
         self.restarts += 1
         # Everything the worker wrote before it died is still in the pipe: read it, so the
         # job's last stage is known (and a job that did finish is not reported as crashed).
