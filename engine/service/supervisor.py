@@ -33,6 +33,7 @@ from typing import Optional
 from engine.io.safety import atomic_write
 from engine.service import messages as M
 from engine.service.config import ServiceConfig
+from engine.service.executors.base import SupervisedSlot
 
 log = logging.getLogger("kiln.service")
 
@@ -177,7 +178,7 @@ class Job:
         }
 
 
-class WorkerSlot:
+class WorkerSlot(SupervisedSlot):
     """One worker process at a time, supervised by one thread: the ``local`` executor's slot.
 
     It pulls jobs from any ``engine.service.executors.base.JobQueue`` (the service's
@@ -326,38 +327,21 @@ class WorkerSlot:
         self._forget()
 
     # -- main loop ------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        backoff = 1.0
-        try:
-            while not self.sup.stopping:
-                if self.proc is None or not self.proc.is_alive():
-                    if self.proc is not None:  # died while idle
-                        self.proc.join(5)
-                        self.last_exit = "died while idle: " + describe_exit(self.proc.exitcode, "idle")["message"]
-                        log.warning("worker %d %s", self.index, self.last_exit)
-                        self.restarts += 1
-                        self._forget()
-                    if not self._start():
-                        if self.sup.stopping:
-                            break
-                        self.state = "failing"
-                        self.sup.stop_event.wait(backoff)
-                        backoff = min(backoff * 2, 30.0)
-                        continue
-                    backoff = 1.0
-                job = self.sup.take(self, timeout=0.5)
-                if job is not None:
-                    self._run(job)
-        except Exception:  # pragma: no cover - a bug here must not go unnoticed
-            log.exception("worker slot %d supervisor crashed", self.index)
-            self.state = "broken"
-            raise
-        finally:
-            if self.state != "broken":
-                self.state = "stopping"
-            self._stop_worker()
-            if self.state != "broken":
-                self.state = "stopped"
+    name = "worker slot"
+
+    def _alive(self) -> bool:
+        return self.proc is not None and self.proc.is_alive()
+
+    def _on_idle_death(self) -> None:
+        if self.proc is not None:  # died while idle
+            self.proc.join(5)
+            self.last_exit = "died while idle: " + describe_exit(self.proc.exitcode, "idle")["message"]
+            log.warning("worker %d %s", self.index, self.last_exit)
+            self.restarts += 1
+            self._forget()
+
+    def _stop(self) -> None:
+        self._stop_worker()
 
     def _run(self, job: Job) -> None:
         sup = self.sup

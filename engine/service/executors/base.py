@@ -101,3 +101,63 @@ class Slot(Protocol):
 
     def kill(self) -> None:
         """End the worker now (service shutdown after the grace period)."""
+
+
+class SupervisedSlot:
+    """The loop every executor's slot runs in its own thread: keep a worker up (with back-off while it
+    cannot start), take the next job from the queue, run it; stop the worker when the queue stops.
+
+    Subclasses say what a worker is: ``_alive()``, ``_start()``, ``_stop()``, ``_run(job)``, and
+    optionally ``_on_idle_death()`` (a worker that died between jobs) and ``_released()``.
+    """
+
+    name = "slot"
+
+    def _alive(self) -> bool:
+        raise NotImplementedError
+
+    def _start(self) -> bool:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def _run(self, job) -> None:
+        raise NotImplementedError
+
+    def _on_idle_death(self) -> None:
+        pass
+
+    def _released(self) -> None:
+        pass
+
+    def _loop(self) -> None:
+        import logging
+
+        backoff = 1.0
+        try:
+            while not self.sup.stopping:
+                if not self._alive():
+                    self._on_idle_death()
+                    if not self._start():
+                        if self.sup.stopping:
+                            break
+                        self.state = "failing"
+                        self.sup.stop_event.wait(backoff)
+                        backoff = min(backoff * 2, 30.0)
+                        continue
+                    backoff = 1.0
+                job = self.sup.take(self, timeout=0.5)
+                if job is not None:
+                    self._run(job)
+        except Exception:  # pragma: no cover - a bug here must not go unnoticed
+            logging.getLogger("kiln.service").exception("%s %d supervisor crashed", self.name, self.index)
+            self.state = "broken"
+            raise
+        finally:
+            if self.state != "broken":
+                self.state = "stopping"
+            self._stop()
+            if self.state != "broken":
+                self.state = "stopped"
+            self._released()

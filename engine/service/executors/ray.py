@@ -33,7 +33,7 @@ from typing import Optional
 import ray
 
 from engine.service import messages as M
-from engine.service.executors.base import PARTIAL_NAME, REPORT_NAME, RESULT_NAME, SCRATCH_DIR
+from engine.service.executors.base import PARTIAL_NAME, REPORT_NAME, RESULT_NAME, SCRATCH_DIR, SupervisedSlot
 
 log = logging.getLogger("kiln.service")
 
@@ -227,7 +227,7 @@ def _bundle(paths) -> tuple[dict, Path]:
     return {f.relative_to(root).as_posix(): f.read_bytes() for f in files}, root
 
 
-class RaySlot:
+class RaySlot(SupervisedSlot):
     """One Ray actor at a time, supervised by one thread (the counterpart of the local WorkerSlot)."""
 
     def __init__(self, queue, index: int, use_gpu: bool, gpu_share: float = 1.0):
@@ -313,33 +313,16 @@ class RaySlot:
         self.kill()
         return False
 
-    def _loop(self) -> None:
-        backoff = 1.0
-        try:
-            while not self.sup.stopping:
-                if self.actor is None:
-                    if not self._start():
-                        if self.sup.stopping:
-                            break
-                        self.state = "failing"
-                        self.sup.stop_event.wait(backoff)
-                        backoff = min(backoff * 2, 30.0)
-                        continue
-                    backoff = 1.0
-                job = self.sup.take(self, timeout=0.5)
-                if job is not None:
-                    self._run(job)
-        except Exception:  # pragma: no cover - a bug here must not go unnoticed
-            log.exception("ray slot %d supervisor crashed", self.index)
-            self.state = "broken"
-            raise
-        finally:
-            if self.state != "broken":
-                self.state = "stopping"
-            self.kill()
-            if self.state != "broken":
-                self.state = "stopped"
-            RayCluster.release()
+    name = "ray slot"
+
+    def _alive(self) -> bool:
+        return self.actor is not None
+
+    def _stop(self) -> None:
+        self.kill()
+
+    def _released(self) -> None:
+        RayCluster.release()
 
     # -- one job --------------------------------------------------------------------------------
     def _run(self, job) -> None:
