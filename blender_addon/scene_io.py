@@ -457,13 +457,7 @@ def import_result(glb_path: str, scene, view_layer, name: str, matrix_world, rep
             except RuntimeError:
                 pass
     store_report(obj, report, name)
-    for o in view_layer.objects:
-        if o is not None and o.select_get(view_layer=view_layer):
-            o.select_set(False, view_layer=view_layer)
-    obj.select_set(True, view_layer=view_layer)
-    view_layer.objects.active = obj
-    view_layer.update()
-    return obj
+    return _select_only(obj, view_layer)
 
 
 # --------------------------------------------------------------------------- images (Image -> 3D)
@@ -507,6 +501,17 @@ def image_file_for_upload(image, workdir: str, stem: str) -> str:
 # --------------------------------------------------------------------------- Active mode: the target's copy
 
 REPORT_PROPS = ("faces_out", "faces_in", "triangles_in", "triangles_out", "texture_size", "backend", "total_seconds", "texels_missed", "uv_overlap_fraction")
+
+
+def _select_only(obj, view_layer):
+    """Make the new result the only selected and the active object (what an artist expects after a bake)."""
+    for o in view_layer.objects:
+        if o is not None and o.select_get(view_layer=view_layer):
+            o.select_set(False, view_layer=view_layer)
+    obj.select_set(True, view_layer=view_layer)
+    view_layer.objects.active = obj
+    view_layer.update()
+    return obj
 
 
 def store_report(obj, report: Optional[dict], source_name: str) -> None:
@@ -684,13 +689,7 @@ def make_target_result(target, glb_path: str, scene, view_layer, uv_map: str, wo
     obj.hide_render = False
     store_report(obj, report, target.name)
     obj["kiln_uv_map"] = uv_map
-    for o in view_layer.objects:
-        if o is not None and o.select_get(view_layer=view_layer):
-            o.select_set(False, view_layer=view_layer)
-    obj.select_set(True, view_layer=view_layer)
-    view_layer.objects.active = obj
-    view_layer.update()
-    return obj
+    return _select_only(obj, view_layer)
 
 
 def result_triangles(obj) -> int:
