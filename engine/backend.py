@@ -53,8 +53,14 @@ class Backend:
 
         -> (values (T,C) tensor, hit (T,) bool tensor, info dict). ``tol``: the cage distance.
         ``origins`` (T,3): ray origins from a cage mesh (rays go from there through P), where supported.
+        Backends whose ``view_observer`` returns an observer also take ``observer=`` and feed it the views.
         """
         raise NotImplementedError
+
+    def view_observer(self, target, channels, size: int, tol: float):
+        """An observer that ``gather`` feeds with the bake views (engine.bake.cuda.ViewObserver) for the view
+        fit of ``channels`` (engine.bake.viewfit), or None where this backend renders no views."""
+        return None
 
     def render_pairs(self, src, res, cams, progress=None):
         """Render source and result (base colour, unlit) from cams -> list of numpy (ca, ma, cb, mb)."""

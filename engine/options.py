@@ -14,6 +14,7 @@ from typing import Any
 from engine.errors import InputError
 
 DEVICES = ("auto", "cuda", "cpu")
+VERTEX_COLOR_INTERPOLATION = ("linear", "srgb")
 
 
 @dataclass
@@ -46,6 +47,13 @@ class BakeOptions:
     """Target mode: which UV set (TEXCOORD_n) of the target to bake into."""
     unwrap: bool = False
     """Target mode: ignore the target's UVs and make a new atlas (xatlas)."""
+    vertex_color_interpolation: str = "linear"
+    """How the source's vertex colours blend across a triangle: linear (glTF, Blender: COLOR_0 is linear) or
+    srgb (the sRGB-encoded colours are interpolated, as TRELLIS', SAM 3D's and Hunyuan3D's own renders do).
+    Choose the one the source was made to be seen with; it changes colours between the vertices only."""
+    view_fit: bool = True
+    """cuda: refine the base colour (and ORM) so that renders of the low-poly match renders of the source in
+    the bake views, by least squares (engine.bake.viewfit); off = texel-space fit only (as the cpu backend)."""
     simplify_aggression: int = 5
     """fast-simplification aggressiveness (0..10): 5 keeps closed meshes closed (7 left non-manifold edges on ~40% of closed test shapes) at the same speed."""
 
@@ -74,6 +82,9 @@ class BakeOptions:
         need(isinstance(self.maps, str), f"maps={self.maps!r} must be a string such as 'auto', 'all' or 'base,normal'")
         need(isinstance(self.uv_set, int) and not isinstance(self.uv_set, bool) and 0 <= self.uv_set <= 7, f"uv_set={self.uv_set!r} must be an integer in 0..7")
         need(isinstance(self.unwrap, bool), f"unwrap={self.unwrap!r} must be true or false")
+        need(self.vertex_color_interpolation in VERTEX_COLOR_INTERPOLATION,
+             f"vertex_color_interpolation={self.vertex_color_interpolation!r} must be one of {', '.join(VERTEX_COLOR_INTERPOLATION)}")
+        need(isinstance(self.view_fit, bool), f"view_fit={self.view_fit!r} must be true or false")
         need(isinstance(self.simplify_aggression, int) and 0 <= self.simplify_aggression <= 10, "simplify_aggression must be in 0..10")
         return self
 

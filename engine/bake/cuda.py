@@ -114,10 +114,11 @@ def mesh_view_renderer(src, device):
     return render
 
 
-def gather(view_renderer, cams, P, N, tol, device, progress=None, cos_power=COS_POWER, chunk=None):
+def gather(view_renderer, cams, P, N, tol, device, progress=None, cos_power=None, chunk=None):
     """Accumulate colours of texels (P, N) over cameras -> (colour sum (T,3), weight sum (T,))."""
     T = P.shape[0]
     res = cams[0].width
+    cos_power = COS_POWER if cos_power is None else cos_power
     acc = torch.zeros((T, 3), device=device)
     wsum = torch.zeros((T,), device=device)
     chunk = chunk or chunk_size(T, res, 0)
@@ -159,7 +160,53 @@ def gather(view_renderer, cams, P, N, tol, device, progress=None, cos_power=COS_
     return acc, wsum
 
 
-def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=COS_POWER, chunk=None, sample=None):
+class ViewObserver:
+    """Observations for the view fit (engine.bake.viewfit): in each chunk of bake views the target is
+    rasterised too; where target and source are both seen and the source lies within ``tol`` of the
+    target along the pixel's ray (not an occluder or another part), the pixel gives the target's UV and
+    the channels' stored values sampled exactly on the source (their ``sample`` then ``finalize``)."""
+
+    def __init__(self, target, channels, size: int, tol: float, device):
+        from engine.bake.viewfit import ViewSystem
+
+        self.channels = list(channels)
+        self.slices, c0 = {}, 0
+        for ch in self.channels:
+            self.slices[ch.name] = slice(c0, c0 + ch.out_size)
+            c0 += ch.out_size
+        self.system = ViewSystem(size, c0, device)
+        self.mesh = GpuMesh.__new__(GpuMesh)  # the target as a GpuMesh (positions and triangles only)
+        self.mesh.device, self.mesh.pos, self.mesh.tri = torch.device(device), _f32(target.vertices, device), _i32(target.faces, device)
+        self.uv = _f32(target.uv, device)
+        self.tol = float(tol)
+        self.seconds = 0.0
+
+    def __call__(self, mvp, R, t, rast_src, src: GpuMesh, res: int) -> None:
+        import nvdiffrast.torch as dr
+
+        t0 = time.perf_counter()
+        rast_t = self.mesh.rasterize(mvp, res)
+        uv, _ = dr.interpolate(self.uv, rast_t, self.mesh.tri)
+        both = (rast_src[..., 3] > 0) & (rast_t[..., 3] > 0)
+        near = (src.camera_depth(rast_src, R, t) - self.mesh.camera_depth(rast_t, R, t)).abs() <= self.tol
+        m = both & near
+        if bool(m.any()):
+            r = rast_src[m]
+            face = r[:, 3].long() - 1
+            bary = torch.stack([r[:, 0], r[:, 1], 1 - r[:, 0] - r[:, 1]], -1)
+            vals = torch.cat([ch.finalize(ch.sample(face, bary), None) for ch in self.channels], 1)
+            self.system.add(uv[m], vals)
+        self.seconds += time.perf_counter() - t0
+
+    def equations(self, name: str):
+        """(stencil, right-hand side) of one channel, for engine.bake.fit.fit_texture(view=...)."""
+        if not hasattr(self, "_eq"):
+            self._eq = self.system.normal_equations()
+        coef, rhs = self._eq
+        return coef, rhs[:, self.slices[name]]
+
+
+def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=None, chunk=None, sample=None, observer=None):
     """Mesh sources: like ``gather`` but each texel's colour is shaded exactly on the source.
 
     The view only tells *which* source triangle is in front at the texel's
@@ -168,10 +215,12 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     is shaded at the exact hit (full source-texture resolution, no resampling
     of a rendered image). Hits farther than the cage from the texel along the
     ray are rejected (occluders, other parts). ``sample(face, bary)`` gives
-    the values at hits (default: the mesh's base colour).
+    the values at hits (default: the mesh's base colour). ``observer(mvp, R, t, rast, gm, res)`` is
+    called with each chunk's raster of the source (the view fit's observations, ViewObserver).
     """
     T = P.shape[0]
     res = cams[0].width
+    cos_power = COS_POWER if cos_power is None else cos_power
     sample = sample or gm.shade_points
     acc = None
     wsum = torch.zeros((T,), device=device)
@@ -181,7 +230,10 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     for s in range(0, len(cams), chunk):
         cc = cams[s : s + chunk]
         mvp, R, t = cams_to_tensors(cc, device)
-        ids = gm.rasterize_ids(mvp, res)  # (C,H,W)
+        rast = gm.rasterize(mvp, res)
+        ids = rast[..., 3].long() - 1  # (C,H,W)
+        if observer is not None:
+            observer(mvp, R, t, rast, gm, res)
         C = len(cc)
         q = torch.einsum("cij,tj->cti", R, P) + t[:, None, :]
         z = q[..., 2]
@@ -232,11 +284,11 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     return acc, wsum
 
 
-def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, view_renderer=None):
+def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, view_renderer=None, observer=None):
     """All views of a bake, in texel blocks under the memory budget -> (values (T,C), weight sum (T,), info).
 
-    Mesh sources: ``sample(face, bary)`` at exact hits (gather_exact). Splat sources: ``view_renderer``
-    images (base colour only, RGB)."""
+    Mesh sources: ``sample(face, bary)`` at exact hits (gather_exact), and the view fit's ``observer``
+    (with the first texel block). Splat sources: ``view_renderer`` images (base colour only, RGB)."""
     center, radius = bounding_sphere(src.vertices)
     cams = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
     T = int(P.shape[0])
@@ -254,7 +306,8 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
         b1 = min(T, b0 + block)
         sub = _SubProgress(progress, b0 / max(T, 1), b1 / max(T, 1))
         if exact:
-            a, w = gather_exact(gm, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk, sample=sample)
+            a, w = gather_exact(gm, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk, sample=sample,
+                                observer=observer if b0 == 0 else None)
         else:
             a, w = gather(view_renderer, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk)
         if acc is None:
@@ -283,15 +336,22 @@ class CudaBackend(Backend):
     def texels(self, uv, faces, size):
         return texels_cuda(uv, faces, size, self.device)
 
-    def gather(self, surface, sample, P, N, tol, options, progress, origins=None, view_renderer=None):
+    def view_observer(self, target, channels, size, tol):
+        return ViewObserver(target, channels, size, tol, self.device)
+
+    def gather(self, surface, sample, P, N, tol, options, progress, origins=None, view_renderer=None, observer=None):
         t0 = time.perf_counter()
         with torch.no_grad():
-            acc, wsum, info = gather_views(surface.src, P, N, tol, options, progress, self.device, sample=sample, view_renderer=view_renderer)
+            acc, wsum, info = gather_views(surface.src, P, N, tol, options, progress, self.device, sample=sample,
+                                           view_renderer=view_renderer, observer=observer)
             hit = wsum > 0
             vals = torch.where(hit[:, None], acc / wsum.clamp_min(1e-12)[:, None], torch.zeros_like(acc))
             torch.cuda.synchronize()
         if origins is not None:
             info["cage_mesh"] = "not used by the view gather (views see the source directly); the cage distance still applies"
+        if observer is not None:
+            info["view_fit_observations"] = observer.system.observations
+            info["view_fit_seconds"] = round(observer.seconds, 4)
         info["texels_hit"] = int(hit.sum())
         info["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         info["seconds"] = round(time.perf_counter() - t0, 4)

@@ -108,12 +108,14 @@ def _apply_stencil(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def fit_texture(fine, fine_cov, k: int = 2, iters: int = 16, lam: float = 0.05, tol: float = 1e-4):
+def fit_texture(fine, fine_cov, k: int = 2, iters: int = 16, lam: float = 0.05, tol: float = 1e-4, view=None, view_weight: float = 16.0):
     """fine (2S,2S,C) float samples + (2S,2S) bool coverage -> (texture (S,S,C) float, coverage (S,S) bool), torch.
 
     Jacobi-preconditioned conjugate gradients on the texture grid (the operator as a 3x3 stencil,
     ``_stencil``), started from the box average; stops after ``iters`` iterations or when the
     residual falls below ``tol`` times its start (the remaining change is far below one 8-bit step).
+    ``view``: (stencil (3,3,1,1,S,S), right-hand side (1,C,S,S)) of the bake views' observations
+    (engine.bake.viewfit), added with ``view_weight`` times the fine samples' average weight per texel.
     """
     if k != 2:
         raise ValueError("the least-squares fit samples the source at 2x the texture resolution (supersample 2)")
@@ -127,9 +129,18 @@ def fit_texture(fine, fine_cov, k: int = 2, iters: int = 16, lam: float = 0.05, 
     cov = (support[0, 0] > 0.25 * k * k * 0.25) | (cnt[0, 0] > 0)
     prior = lam * torch.where(cnt > 0, torch.ones_like(cnt), torch.full_like(cnt, 0.01))
     coef = _stencil(W, prior)
+    b = _up_adjoint(c) + prior * t0
+    if view is not None:
+        vcoef, vrhs = view
+        vsup = vcoef.sum((0, 1))
+        seen = vsup > 0
+        if bool(seen.any()):
+            alpha = view_weight * float(support[support > 0].mean()) / float(vsup[seen].mean())
+            coef = coef + alpha * vcoef
+            b = b + alpha * vrhs.to(b.dtype)
+            cov = cov | seen[0, 0]
     inv_diag = 1.0 / coef[1, 1]
 
-    b = _up_adjoint(c) + prior * t0
     x = t0.clone()
     r = b - _apply_stencil(coef, x)
     z = r * inv_diag

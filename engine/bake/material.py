@@ -82,6 +82,7 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
                 info.setdefault("not_from_splats", []).append(n)
     chset = ChannelSet([channels[n] for n in baked], surface) if baked else None
 
+    observer = None
     with torch.no_grad():
         texels = backend.texels(target.uv, target.faces, S2)
         P = texels.interp(np.asarray(target.vertices, np.float32))
@@ -101,12 +102,18 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
                 vals, hit, binfo = backend.gather(surface, None, P, N, cage, options, sub, view_renderer=view_renderer)
                 vals = torch.cat([vals[:, :3], torch.ones_like(vals[:, :1])], 1)  # splats: RGB, opaque
             else:
-                vals, hit, binfo = backend.gather(surface, chset.sample, P, N, cage, options, sub, origins=origins)
+                observer = None
+                fit_views = [channels[n] for n in baked if channels[n].view_fit]
+                if fit_views and k == 2 and getattr(options, "view_fit", True):
+                    observer = backend.view_observer(target, fit_views, S, cage)
+                kw = {"observer": observer} if observer is not None else {}
+                vals, hit, binfo = backend.gather(surface, chset.sample, P, N, cage, options, sub, origins=origins, **kw)
             vals, hit = vals.to(dev), hit.to(dev)
             info.update(binfo)
         else:
             vals = torch.zeros((len(texels), 0), device=dev)
             hit = torch.ones(len(texels), dtype=torch.bool, device=dev)
+            observer = None
         info["texels_missed"] = int((~hit).sum())
         progress_bake.update(0.97, "target frame")
 
@@ -141,7 +148,8 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
             if k > 1:
                 from engine.bake.fit import fit_texture
 
-                img, cov = fit_texture(img, cov, k)
+                view = observer.equations(n) if observer is not None and n in observer.slices else None
+                img, cov = fit_texture(img, cov, k, view=view)
             from engine.bake.dilate import fill_and_dilate
 
             sub.update(0.7, f"{n}: fill")

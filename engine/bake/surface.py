@@ -139,6 +139,18 @@ class SourceSurface:
         vc = self.src.vertex_color
         return None if vc is None else self.vertex_attr("vcol", vc)
 
+    def vertex_color_at(self, face: torch.Tensor, bary: torch.Tensor) -> torch.Tensor | None:
+        """Linear vertex colour (K, 3|4) at hits, blended the way the source is meant to be seen
+        (``SourceMesh.vertex_color_interpolation``): in linear (glTF), or in sRGB then decoded."""
+        vc = self.vertex_color()
+        if vc is None:
+            return None
+        if getattr(self.src, "vertex_color_interpolation", "linear") != "srgb":
+            return self.interp(vc, face, bary)
+        enc = self.tensor(("v", "vcol_srgb"), lambda: torch.cat([linear_to_srgb_t(vc[:, :3]), vc[:, 3:]], 1))
+        v = self.interp(enc, face, bary)
+        return torch.cat([srgb_to_linear_t(v[:, :3]), v[:, 3:]], 1)
+
 
 def surface_for(src: SourceMesh, device) -> SourceSurface:
     """The SourceSurface of ``src`` on ``device``, cached on the mesh object (renderers and checks shade

@@ -99,6 +99,7 @@ class SourceMesh:
     tangents: Optional[np.ndarray] = None  # (N, 4) float32 glTF TANGENT (xyz, handedness w)
     extra_uvs: dict = field(default_factory=dict)  # {k: (N, 2)} for TEXCOORD_k, k >= 1
     ignored_features: list = field(default_factory=list)  # material features read but not baked (named in the report)
+    vertex_color_interpolation: str = "linear"  # "srgb": vertex colours blend in sRGB (BakeOptions.vertex_color_interpolation)
 
     @property
     def n_faces(self) -> int:

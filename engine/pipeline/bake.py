@@ -185,6 +185,10 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
     t_start = time.perf_counter()
     prog.begin("validate")
     src, vreport = validate_source(src, max_faces=options.max_faces)
+    if src.vertex_color is not None and src.vertex_color_interpolation != options.vertex_color_interpolation:
+        import dataclasses
+
+        src = dataclasses.replace(src, vertex_color_interpolation=options.vertex_color_interpolation)
     be = backend_mod.resolve(options.device)
     if splats is not None and not be.supports_splats:
         from engine.errors import BackendError

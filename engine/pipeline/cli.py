@@ -29,6 +29,11 @@ def add_bake_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-faces", type=int, default=d.max_faces, help=f"refuse larger inputs (default {d.max_faces:,})")
     p.add_argument("--maps", default=d.maps, help="channels to bake: auto (every channel the source has, plus a normal map when the "
                    "geometry changes), all, or a comma list of base,normal,orm,emissive (default auto)")
+    p.add_argument("--vertex-colors", choices=["linear", "srgb"], default=d.vertex_color_interpolation, dest="vertex_color_interpolation",
+                   help="how the source's vertex colours blend across a triangle: linear (glTF, Blender; default) or srgb "
+                   "(as TRELLIS / SAM 3D / Hunyuan3D render their meshes)")
+    p.add_argument("--no-view-fit", action="store_true", help="cuda: skip the least-squares refinement of the base colour against "
+                   "renders of the source (faster, slightly less faithful)")
     p.add_argument("--evaluate", action="store_true", help="measure held-out PSNR of the result against the source")
     p.add_argument("--eval-views", type=int, default=d.eval_views, help=argparse.SUPPRESS)
     p.add_argument("--eval-resolution", type=int, default=d.eval_resolution, help=argparse.SUPPRESS)
@@ -50,6 +55,8 @@ def options_from_args(args) -> BakeOptions:
         eval_resolution=args.eval_resolution,
         max_faces=args.max_faces,
         maps=args.maps,
+        vertex_color_interpolation=getattr(args, "vertex_color_interpolation", "linear"),
+        view_fit=not bool(getattr(args, "no_view_fit", False)),
         uv_set=getattr(args, "uv_set", 0),
         unwrap=bool(getattr(args, "unwrap", False)),
     ).validate()

@@ -73,12 +73,24 @@ class GpuMesh:
             out[mask] = self.shade_points(tri_id[mask], bary[mask])
         return out, mask
 
-    def rasterize_ids(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
-        """Triangle id per pixel (V,H,W) int64, -1 where empty."""
+    def rasterize(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
+        """nvdiffrast's raster output (V,H,W,4): barycentrics u, v (weights of corners 0, 1), z/w, triangle id + 1."""
         import nvdiffrast.torch as dr
 
         rast, _ = dr.rasterize(context(self.device), self.clip(mvps), self.tri, resolution=[resolution, resolution])
-        return rast[..., 3].long() - 1
+        return rast
+
+    def rasterize_ids(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
+        """Triangle id per pixel (V,H,W) int64, -1 where empty."""
+        return self.rasterize(mvps, resolution)[..., 3].long() - 1
+
+    def camera_depth(self, rast: torch.Tensor, views_R: torch.Tensor, views_t: torch.Tensor) -> torch.Tensor:
+        """Camera-space z per pixel (V,H,W), interpolated perspective-correctly; inf where empty."""
+        import nvdiffrast.torch as dr
+
+        zc = (torch.einsum("vij,nj->vni", views_R, self.pos) + views_t[:, None, :])[..., 2:3].contiguous()
+        depth, _ = dr.interpolate(zc, rast, self.tri)
+        return torch.where(rast[..., 3] > 0, depth[..., 0], torch.full_like(depth[..., 0], float("inf")))
 
     def render(self, mvps: torch.Tensor, resolution: int, want_depth: bool = False, views_R=None, views_t=None):
         import nvdiffrast.torch as dr
@@ -87,12 +99,7 @@ class GpuMesh:
         clip = self.clip(mvps)
         rast, _ = dr.rasterize(ctx, clip, self.tri, resolution=[resolution, resolution])
         col, mask = self.shade(rast)
-        depth = None
-        if want_depth:
-            # camera-space z per vertex, interpolated perspective-correctly
-            zc = (torch.einsum("vij,nj->vni", views_R, self.pos) + views_t[:, None, :])[..., 2:3].contiguous()
-            depth, _ = dr.interpolate(zc, rast, self.tri)
-            depth = torch.where(mask, depth[..., 0], torch.full_like(depth[..., 0], float("inf")))
+        depth = self.camera_depth(rast, views_R, views_t) if want_depth else None
         return col, mask, depth
 
 

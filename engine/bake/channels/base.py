@@ -35,6 +35,8 @@ class Channel:
     fill = (0.5, 0.5, 0.5)  # texel value where nothing was baked (before push-pull fill)
     always_texture = False  # keep a texture even when constant
     constant_tol = 2.0 / 255.0
+    view_fit = False  # stored values are the sampled ones (finalize needs no frame and no statistics of all texels):
+    # the backend may fit them to renders of the source in the bake views (engine.bake.viewfit)
 
     def __init__(self, surface: SourceSurface):
         self.surface = surface
@@ -86,6 +88,7 @@ class BaseChannel(Channel):
     size = 4
     fill = (0.5, 0.5, 0.5, 1.0)
     always_texture = True  # artists paint on it; a factor-only base is a surprise
+    view_fit = True
 
     def __init__(self, surface):
         super().__init__(surface)
@@ -113,9 +116,8 @@ class BaseChannel(Channel):
             lin[sel, 3] *= a
 
         s.per_material(face, lambda m: m.base_ref, apply)
-        vc = s.vertex_color()
-        if vc is not None:
-            v = s.interp(vc, face, bary)
+        v = s.vertex_color_at(face, bary)
+        if v is not None:
             lin[:, :3] *= v[:, :3]
             if v.shape[1] > 3:
                 lin[:, 3] *= v[:, 3]

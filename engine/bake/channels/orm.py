@@ -19,6 +19,7 @@ class OrmChannel(Channel):
     size = 3
     out_size = 3
     fill = (1.0, 0.5, 0.0)
+    view_fit = True
 
     @classmethod
     def present(cls, src) -> bool:
