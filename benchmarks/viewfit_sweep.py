@@ -34,6 +34,8 @@ def main():
     ap.add_argument("--texture-size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--no-baseline", action="store_true")
+    ap.add_argument("--set", default="weights", choices=["weights", "views"],
+                    help="weights: gather cos power, view-fit weight, depth test, iterations; views: number and size of bake views")
     ap.add_argument("--json-out")
     args = ap.parse_args()
 
@@ -65,12 +67,13 @@ def main():
     orig_fit = fit_mod.fit_texture
     orig_obs = cuda_mod.CudaBackend.view_observer
 
-    def run(name, conv="linear", cos=4.0, view_fit=True, weight=4.0, iters=16, depth=None):
+    def run(name, conv="linear", cos=4.0, view_fit=True, weight=16.0, iters=16, depth=None, views=100, res=1024):
         cuda_mod.COS_POWER = cos
         fit_mod.fit_texture = lambda *a, **k: orig_fit(*a, **{**k, "view_weight": weight, "iters": iters})
         cuda_mod.CudaBackend.view_observer = (lambda self, t, ch, S, tol: orig_obs(self, t, ch, S, depth)) if depth else orig_obs
         s = dataclasses.replace(src, vertex_color_interpolation=conv)
-        opts = BakeOptions(device="cuda", faces=args.faces, texture_size=args.texture_size, view_fit=view_fit, vertex_color_interpolation=conv)
+        opts = BakeOptions(device="cuda", faces=args.faces, texture_size=args.texture_size, view_fit=view_fit, vertex_color_interpolation=conv,
+                           views=views, view_resolution=res)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         mb = bake_material(s, tgt, ("base",), be, texture_size=args.texture_size, supersample=2, padding=4, cage=0.02 * diag,
@@ -79,12 +82,12 @@ def main():
         secs = time.perf_counter() - t0
         p = scorer.score(mb.vertices, mb.faces, mb.uv, mb.results["base"].image)
         row = {"name": name, "convention": conv, "cos_power": cos, "view_fit": view_fit, "view_weight": weight, "iters": iters,
-               "depth_tol": depth or "cage", "bake_seconds": round(secs, 3), "psnr": p,
+               "depth_tol": depth or "cage", "views": views, "view_resolution": res, "bake_seconds": round(secs, 3), "psnr": p,
                "view_fit_seconds": mb.info.get("view_fit_seconds"), "observations": mb.info.get("view_fit_observations")}
         figures["variants"].append(row)
         print(f"{name:28s} {conv:6s} {secs:6.3f}s  psnr srgb {p['srgb']:.3f}  linear {p['linear']:.3f}  obs {row['observations']}", flush=True)
 
-    for conv in ("linear", "srgb"):
+    for conv in ("linear", "srgb") if args.set == "weights" else ():
         run("gather only (cos^4)", conv, view_fit=False)
         run("gather only (cos^1)", conv, cos=1.0, view_fit=False)
         run("gather only (cos^2)", conv, cos=2.0, view_fit=False)
@@ -94,6 +97,11 @@ def main():
         run("view fit w16 no depth test", conv, weight=16.0, depth=1e30)
         run("view fit w16 32 iters", conv, weight=16.0, iters=32)
         run("view fit w64 64 iters", conv, weight=64.0, iters=64)
+    for conv in ("linear", "srgb") if args.set == "views" else ():
+        run("warm-up", conv)
+        for views, res in ((100, 1024), (50, 1024), (200, 1024), (300, 1024), (100, 2048), (100, 512)):
+            run(f"view fit, {views} views at {res}", conv, views=views, res=res)
+        run("gather only, 200 views", conv, view_fit=False, views=200)
     fit_mod.fit_texture = orig_fit
     cuda_mod.CudaBackend.view_observer = orig_obs
     cuda_mod.COS_POWER = 4.0

@@ -227,58 +227,64 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     chunk = chunk or chunk_size(T, res, 0)
     pos = gm.pos
     tri_all = gm.tri.long()
+    # every camera's matrices in one transfer (a host->device copy per chunk would wait for the GPU)
+    mvp_all, R_all, t_all = cams_to_tensors(cams, device)
+    intr = torch.tensor([[float(c.fx), float(c.cx), float(c.cy)] for c in cams], device=device, dtype=torch.float32)
+    centers_all = -torch.einsum("cji,cj->ci", R_all, t_all)  # (V,3) camera centres in world
     for s in range(0, len(cams), chunk):
-        cc = cams[s : s + chunk]
-        mvp, R, t = cams_to_tensors(cc, device)
+        e = min(len(cams), s + chunk)
+        if progress is not None and s:
+            progress.update(0.1 + 0.85 * s / len(cams), f"views {s}/{len(cams)}")
+        mvp, R, t = mvp_all[s:e], R_all[s:e], t_all[s:e]
         rast = gm.rasterize(mvp, res)
-        ids = rast[..., 3].long() - 1  # (C,H,W)
         if observer is not None:
             observer(mvp, R, t, rast, gm, res)
-        C = len(cc)
+        ids = (rast[..., 3].long() - 1).reshape(-1)  # (C*H*W,)
+        # 1. every (view, texel) pair: projection and facing -- cheap, then only the candidates go on
         q = torch.einsum("cij,tj->cti", R, P) + t[:, None, :]
         z = q[..., 2]
-        f = torch.tensor([float(c.fx) for c in cc], device=device, dtype=torch.float32)[:, None]
-        cx = torch.tensor([float(c.cx) for c in cc], device=device, dtype=torch.float32)[:, None]
-        cy = torch.tensor([float(c.cy) for c in cc], device=device, dtype=torch.float32)[:, None]
         zs = z.clamp_min(1e-9)
-        u = f * q[..., 0] / zs + cx
-        v = f * q[..., 1] / zs + cy
-        inside = (u >= 0) & (u < res) & (v >= 0) & (v < res) & (z > 0)
-        px = u.floor().long().clamp(0, res - 1)
-        py = v.floor().long().clamp(0, res - 1)
-        cidx = torch.arange(C, device=device)[:, None].expand(C, T)
-        tri_id = ids[cidx, py, px]  # (C,T)
-        ok = inside & (tri_id >= 0)
-        centers = -torch.einsum("cji,cj->ci", R, t)  # (C,3)
-        d = P[None] - centers[:, None, :]  # ray camera -> texel (C,T,3), texel at ray parameter 1
-        tri = tri_all[tri_id.clamp_min(0)]  # (C,T,3)
-        A, B, Cc = pos[tri[..., 0]], pos[tri[..., 1]], pos[tri[..., 2]]
-        e1, e2 = B - A, Cc - A
+        u = intr[s:e, 0:1] * q[..., 0] / zs + intr[s:e, 1:2]
+        v = intr[s:e, 0:1] * q[..., 1] / zs + intr[s:e, 2:3]
+        to_cam = centers_all[s:e, None, :] - P[None]
+        cosang = (to_cam * N[None]).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-12)
+        cand = (u >= 0) & (u < res) & (v >= 0) & (v < res) & (z > 0) & (cosang > 0.05)
+        ci, ti = torch.nonzero(cand, as_tuple=True)
+        pix = ci * (res * res) + v[ci, ti].long().clamp(0, res - 1) * res + u[ci, ti].long().clamp(0, res - 1)
+        tri_id = ids[pix]
+        keep = tri_id >= 0
+        ci, ti, tri_id, cos_k = ci[keep], ti[keep], tri_id[keep], cosang[ci, ti][keep]
+        if ti.numel() == 0:
+            continue
+        # 2. the candidates: the ray camera -> texel against the triangle the view sees there
+        cen = centers_all[s:e][ci]
+        d = P[ti] - cen  # texel at ray parameter 1
+        tri = tri_all[tri_id]
+        A = pos[tri[:, 0]]
+        e1, e2 = pos[tri[:, 1]] - A, pos[tri[:, 2]] - A
         pvec = torch.cross(d, e2, dim=-1)
         det = (e1 * pvec).sum(-1)
         good = det.abs() > 1e-20
         inv = 1.0 / torch.where(good, det, torch.ones_like(det))
-        tvec = centers[:, None, :] - A
+        tvec = cen - A
         b1 = (tvec * pvec).sum(-1) * inv
         qvec = torch.cross(tvec, e1, dim=-1)
         b2 = (d * qvec).sum(-1) * inv
         th = (e2 * qvec).sum(-1) * inv  # hit at centre + th * d
-        dist = (th - 1.0).abs() * d.norm(dim=-1)
-        bary = torch.stack([1 - b1 - b2, b1, b2], -1).clamp_min(0.0)
-        bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
-        to_cam = -d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        cosang = (to_cam * N[None]).sum(-1)
-        ok = ok & good & (dist <= tol) & (cosang > 0.05)
-        w = torch.where(ok, cosang.clamp_min(0) ** cos_power, torch.zeros_like(cosang))
-        sel = torch.nonzero(w > 0, as_tuple=True)
-        if sel[0].numel():
-            col = sample(tri_id[sel], bary[sel])
+        ok = good & ((th - 1.0).abs() * d.norm(dim=-1) <= tol)
+        sel = torch.nonzero(ok, as_tuple=True)[0]
+        if sel.numel():
+            bary = torch.stack([1 - b1[sel] - b2[sel], b1[sel], b2[sel]], -1).clamp_min(0.0)
+            bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
+            w = cos_k[sel] ** cos_power
+            col = sample(tri_id[sel], bary)
             if acc is None:
                 acc = torch.zeros((T, col.shape[1]), device=device)
-            acc.index_put_((sel[1],), w[sel][:, None] * col, accumulate=True)
-            wsum.index_put_((sel[1],), w[sel], accumulate=True)
-        if progress is not None:
-            progress.update(0.1 + 0.85 * min(1.0, (s + C) / len(cams)), f"views {min(s + C, len(cams))}/{len(cams)}")
+            tsel = ti[sel]
+            acc.index_add_(0, tsel, w[:, None] * col)
+            wsum.index_add_(0, tsel, w)
+    if progress is not None:
+        progress.update(0.95, f"views {len(cams)}/{len(cams)}")
     if acc is None:
         acc = torch.zeros((T, sample(torch.zeros(1, dtype=torch.long, device=device), torch.full((1, 3), 1 / 3, device=device)).shape[1]), device=device)
     return acc, wsum

@@ -84,6 +84,7 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
 
     observer = None
     with torch.no_grad():
+        t_tex = time.perf_counter()
         texels = backend.texels(target.uv, target.faces, S2)
         P = texels.interp(np.asarray(target.vertices, np.float32))
         if target.normals is not None:
@@ -96,6 +97,7 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
         origins = texels.interp(np.asarray(target.cage, np.float32)) if target.cage is not None else None
         progress_bake.update(0.05, f"{len(texels)} texels, {', '.join(baked) or 'constants only'}")
         info["texels_in_charts"] = texels.inside
+        info["texel_seconds"] = round(time.perf_counter() - t_tex, 4)  # UV raster + positions and normals of the texels
         if chset is not None:
             sub = _Sub(progress_bake, 0.05, 0.95)
             if view_renderer is not None:
