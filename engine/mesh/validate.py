@@ -7,6 +7,8 @@ finite float32. Anything else raises InputError naming the problem.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from engine.errors import InputError
@@ -44,17 +46,12 @@ def _absurd(name: str, n_faces: int, area: float, radius: float, overdraw: float
     )
 
 
-def _early_overdraw_check(v: np.ndarray, fi: np.ndarray, name: str, sample: int = 65_536) -> None:
+def _early_overdraw_check(v: np.ndarray, fi: np.ndarray, name: str, lo: np.ndarray, hi: np.ndarray, sample: int = 65_536) -> None:
     """Large inputs: the surface area estimated from an evenly strided sample of faces, before the full
-    (seconds-long) validation of millions of faces. The radius is half the bounding box's diagonal (never
-    smaller than the bounding sphere's), so the estimate errs towards accepting; the exact check follows."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        t = v[fi[:: max(1, len(fi) // sample)]].astype(np.float64)
-        if not np.isfinite(t).all():
-            return  # the full validation names the NaN/Inf vertices
-        lo, hi = np.nanmin(v, axis=0).astype(np.float64), np.nanmax(v, axis=0).astype(np.float64)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        return
+    validation of millions of faces. The radius is half the bounding box's diagonal (``lo``, ``hi``: the
+    finite float64 bounds of all vertices; never smaller than the bounding sphere's), so the estimate errs
+    towards accepting; the exact check follows in validate_source."""
+    t = v[fi[:: max(1, len(fi) // sample)]].astype(np.float64)
     area = float(np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).mean()) * 0.5 * len(fi)
     radius = 0.5 * float(np.linalg.norm(hi - lo))
     overdraw = raster_overdraw(area, radius)
@@ -62,9 +59,96 @@ def _early_overdraw_check(v: np.ndarray, fi: np.ndarray, name: str, sample: int 
         raise _absurd(name, len(fi), area, radius, overdraw)
 
 
+# Faces are measured in chunks that stay in cache; with many faces the chunks run on a few threads (numpy's
+# take and ufuncs release the GIL). The threads follow OMP_NUM_THREADS where set (kiln batch splits the
+# cores between its workers that way).
+_CHUNK = 1 << 15
+_THREADED_FROM = 1 << 20
+_MAX_THREADS = 8
+
+
+def _threads(n_faces: int) -> int:
+    if n_faces < _THREADED_FROM:
+        return 1
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0))
+    except (ValueError, AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(_MAX_THREADS, n, n_faces // _CHUNK))
+
+
+def _face_areas(v: np.ndarray, f: np.ndarray, thr: float, used: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """-> (keep: twice each face's area (float64, as if every coordinate were float64 first) > ``thr``,
+    the kept faces' summed area * 2); marks the vertices of kept faces in ``used`` (bool, len(v)) when given.
+
+    Each vertex is packed into 16 bytes (float32 x, y, z, 0; or 32 bytes of float64 when the input is not
+    float32) and gathered as one item per corner: numpy's take copies 16/32-byte items in one step, where
+    a (N, 3) fancy index or nine per-column takes are 2-4x slower. The edges are subtracted straight into
+    float64 and the cross product runs on chunk-sized rows, never on an (M, 3, 3) float64 copy of the mesh.
+    A repeated index gives exactly zero area (identical corners subtract, or multiply in swapped order, to
+    exactly 0.0), so the area test covers the repeated-index test too."""
+    n, m = len(v), len(f)
+    if v.dtype == np.float32:
+        packed = np.zeros((n, 4), np.float32)
+        packed[:, :3] = v
+        packed = packed.view(np.complex128).reshape(n)
+        item = np.float32
+    else:
+        packed = np.zeros((n, 4), np.float64)
+        packed[:, :3] = v
+        packed = packed.view(np.clongdouble).reshape(n) if np.dtype(np.clongdouble).itemsize == 32 else packed
+        item = np.float64
+    keep = np.empty(m, bool)
+
+    def chunk(s: int) -> float:
+        e = min(s + _CHUNK, m)
+        idx = np.ascontiguousarray(f[s:e].T, dtype=np.intp)
+        p0, p1, p2 = (packed.take(i, axis=0).view(item).reshape(e - s, 4) for i in idx)
+        # edges straight into float64 (exact for float32 coordinates): no converted copy of the corners
+        ax, ay, az = (np.subtract(p1[:, j], p0[:, j], dtype=np.float64) for j in range(3))
+        bx, by, bz = (np.subtract(p2[:, j], p0[:, j], dtype=np.float64) for j in range(3))
+        cx = ay * bz
+        cx -= az * by
+        cy = az * bx
+        cy -= ax * bz
+        cz = ax * by
+        cz -= ay * bx
+        cx *= cx
+        cy *= cy
+        cz *= cz
+        cx += cy
+        cx += cz
+        np.sqrt(cx, out=cx)
+        k = np.greater(cx, thr, out=keep[s:e])
+        if k.all():
+            if used is not None:
+                used[idx] = True
+            return float(cx.sum())
+        if used is not None:
+            used[idx[:, k]] = True
+        return float(cx[k].sum())
+
+    starts = range(0, m, _CHUNK)
+    workers = _threads(m)
+    if workers > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="kiln-validate") as ex:
+            total = sum(ex.map(chunk, starts))
+    else:
+        total = sum(chunk(s) for s in starts)
+    return keep, total
+
+
 def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = "mesh", stats: dict | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (vertices float32, faces int32 without degenerates, kept-face mask). ``stats`` (optional) receives
-    the kept faces' total ``surface_area``."""
+    the kept faces' total ``surface_area``. Both arrays returned are new (never the caller's)."""
+    v32, f32, keep, _ = _validate(vertices, faces, max_faces=max_faces, name=name, stats=stats, want_used=False)
+    return v32, f32, keep
+
+
+def _validate(vertices, faces, *, max_faces: int, name: str, stats: dict | None, want_used: bool):
+    """validate_arrays, + the mask of the vertices the kept faces use (``want_used``)."""
     try:
         v = np.asarray(vertices)
         f = np.asarray(faces)
@@ -94,50 +178,53 @@ def validate_arrays(vertices, faces, *, max_faces: int = 5_000_000, name: str = 
             hint="decimate it first, or raise the limit with --max-faces",
             code="too_large",
         )
-    fi = f.astype(np.int64, copy=False)
-    lo, hi = int(fi.min()), int(fi.max())
+    # the range on the indices' own dtype (no int64 copy); uint64 beyond int64 is out of range like any other
+    lo, hi = int(f.min()), int(f.max())
     if lo < 0 or hi >= len(v):
-        bad = int(np.count_nonzero((fi < 0) | (fi >= len(v))))
+        bad = int(np.count_nonzero((f < 0) | (f >= len(v))))
+        if f.dtype == np.uint64:  # as int64, the way they were reported before: wrapped to negative
+            lo, hi = int(f.astype(np.int64).min()), int(f.astype(np.int64).max())
         raise InputError(
             f"{name}: {bad} face indices out of range (valid 0..{len(v) - 1}, found {lo}..{hi})",
             hint="the file is corrupt or was written with a wrong index base",
             code="bad_indices",
         )
-    if len(fi) > 200_000:
-        _early_overdraw_check(v, fi, name)
-    vf = v.astype(np.float64, copy=False)
-    finite = np.isfinite(vf).all(axis=1)
-    if not finite.all():
-        nbad = int((~finite).sum())
+    if v.dtype != np.float32 and v.dtype != np.float64:
+        v = v.astype(np.float64)  # ints, float16, long double: measured as float64, as always
+    with np.errstate(invalid="ignore"):
+        all_finite = bool(np.isfinite(v).all())
+        vlo = np.array([v[:, i].min() for i in range(3)], np.float64)
+        vhi = np.array([v[:, i].max() for i in range(3)], np.float64)
+    if len(f) > 200_000 and all_finite:
+        _early_overdraw_check(v, f, name, vlo, vhi)
+    if not all_finite:
+        nbad = int(np.count_nonzero(~np.isfinite(v).all(axis=1)))
         raise InputError(f"{name}: {nbad} vertices have NaN or Inf coordinates", hint="fix or delete those vertices in your DCC tool", code="non_finite")
-    if np.abs(vf).max() > 1e15:
+    if max(float(np.abs(vlo).max()), float(np.abs(vhi).max())) > 1e15:
         raise InputError(f"{name}: vertex coordinates are absurdly large (|x| > 1e15)", code="non_finite")
-    v32 = np.ascontiguousarray(vf, dtype=np.float32)
-    # degenerate: repeated index or (near) zero area
-    rep = (fi[:, 0] == fi[:, 1]) | (fi[:, 1] == fi[:, 2]) | (fi[:, 0] == fi[:, 2])
-    tri = vf[fi]
-    cross = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    area2 = np.linalg.norm(cross, axis=1)
-    ext = float(np.linalg.norm(vf.max(0) - vf.min(0)))
+    ext = float(np.linalg.norm(vhi - vlo))
     if ext == 0.0:
         raise InputError(f"{name}: all vertices are at one point (zero size)", code="degenerate")
-    keep = ~rep & (area2 > (ext * 1e-10) ** 2)
-    if not keep.any():
+    # degenerate: repeated index or (near) zero area
+    used = np.zeros(len(v), bool) if want_used else None
+    keep, area2_sum = _face_areas(v, f, (ext * 1e-10) ** 2, used)
+    all_kept = bool(keep.all())
+    if not all_kept and not keep.any():
         raise InputError(f"{name}: all {len(f)} faces are degenerate (zero area)", code="degenerate")
     if stats is not None:
-        stats["surface_area"] = float(area2[keep].sum()) * 0.5
-    return v32, np.ascontiguousarray(fi[keep], dtype=np.int32), keep
+        stats["surface_area"] = area2_sum * 0.5
+        if all_kept and used is not None and used.all():
+            stats["_bounds"] = (vlo, vhi)  # the used vertices' bounds are all vertices' bounds
+    v32 = np.array(v, dtype=np.float32, order="C", copy=True)
+    f32 = np.array(f, dtype=np.int32, order="C", copy=True) if all_kept else np.ascontiguousarray(f[keep], dtype=np.int32)
+    return v32, f32, keep, used
 
 
 def validate_source(src: SourceMesh, max_faces: int = 5_000_000) -> tuple[SourceMesh, dict]:
     n_in = int(len(src.faces)) if hasattr(src.faces, "__len__") else 0
     stats: dict = {}
-    v, f, keep = validate_arrays(src.vertices, src.faces, max_faces=max_faces, name=src.name, stats=stats)
-    used = np.zeros(len(v), bool)
-    used[f.reshape(-1)] = True
-    vu = v[used].astype(np.float64)
-    center = (vu.min(0) + vu.max(0)) / 2
-    radius = float(np.sqrt(((vu - center) ** 2).sum(1).max()))
+    v, f, keep, used = _validate(src.vertices, src.faces, max_faces=max_faces, name=src.name, stats=stats, want_used=True)
+    radius = _bounding_radius(v, used, stats.pop("_bounds", None))
     overdraw = raster_overdraw(stats["surface_area"], radius)
     if overdraw > MAX_OVERDRAW:
         raise _absurd(src.name, len(f), stats["surface_area"], radius, overdraw)
@@ -155,12 +242,15 @@ def validate_source(src: SourceMesh, max_faces: int = 5_000_000) -> tuple[Source
         vc = np.asarray(src.vertex_color, np.float32)
         if vc.ndim != 2 or len(vc) != len(v) or vc.shape[1] < 3:
             raise InputError(f"{src.name}: vertex colours have shape {vc.shape}, expected ({len(v)}, 3)", code="bad_input")
+        vc = vc[:, :4]
         if not np.isfinite(vc).all():
             notes.append("non-finite vertex colours set to 0")
-        vc = np.ascontiguousarray(np.clip(np.nan_to_num(vc[:, :4]), 0.0, 1.0))
+            vc = np.nan_to_num(vc)
+        vc = np.ascontiguousarray(np.clip(vc, 0.0, 1.0))
     fm = None
     if src.face_material is not None:
-        fm = np.asarray(src.face_material, np.int32)[keep]
+        fm = np.asarray(src.face_material, np.int32)
+        fm = fm.copy() if len(fm) == len(keep) and keep.all() else fm[keep]
         if len(fm) and (fm.min() < 0 or fm.max() >= max(len(src.materials), 1)):
             raise InputError(f"{src.name}: face material index out of range", code="bad_input")
     normals = _optional_vectors(src, "normals", 3, len(v), notes, "normals", "recomputed from the geometry")
@@ -174,6 +264,21 @@ def validate_source(src: SourceMesh, max_faces: int = 5_000_000) -> tuple[Source
     out = SourceMesh(v, f, uv, vc, fm, list(src.materials), src.name, normals=normals, tangents=tangents, extra_uvs=extra,
                      ignored_features=ignored)
     return out, {"faces_in": n_in, "faces_dropped": int(n_in - len(f)), "notes": notes, "raster_overdraw": round(overdraw, 2)}
+
+
+def _bounding_radius(v: np.ndarray, used: np.ndarray, bounds) -> float:
+    """Radius of the used vertices' sphere about their bounding box's centre, in float64 per column (no
+    (N, 3) float64 copy); ``bounds``: (lo, hi) when every vertex is used (known already)."""
+    vu = v if bounds is not None or used.all() else v[used]
+    if bounds is None:
+        bounds = ([float(vu[:, i].min()) for i in range(3)], [float(vu[:, i].max()) for i in range(3)])
+    lo, hi = bounds
+    d2 = None
+    for i in range(3):
+        d = np.subtract(vu[:, i], (float(lo[i]) + float(hi[i])) / 2, dtype=np.float64)
+        d *= d
+        d2 = d if d2 is None else np.add(d2, d, out=d2)
+    return float(np.sqrt(d2.max()))
 
 
 def _optional_vectors(src, attr: str, width: int, n: int, notes: list, what: str, fallback: str):
