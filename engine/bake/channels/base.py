@@ -59,10 +59,11 @@ class Channel:
 
     def result(self, image: np.ndarray, covered: np.ndarray) -> ChannelResult:
         """Make a constant of an image that holds one value over its covered texels."""
+        if self.always_texture:
+            return ChannelResult(self.name, image=image, meta=dict(self.meta))
         px = image[covered] if covered is not None and covered.any() else image.reshape(-1, image.shape[-1])
-        pxf = px.astype(np.float32) / 255.0
-        if not self.always_texture and len(pxf) and float((pxf.max(0) - pxf.min(0)).max()) <= self.constant_tol:
-            return ChannelResult(self.name, constant=pxf.mean(0), meta=dict(self.meta))
+        if len(px) and float((px.max(0).astype(np.float32) - px.min(0)).max()) / 255.0 <= self.constant_tol:
+            return ChannelResult(self.name, constant=px.mean(0, dtype=np.float64).astype(np.float32) / 255.0, meta=dict(self.meta))
         return ChannelResult(self.name, image=image, meta=dict(self.meta))
 
     @classmethod
