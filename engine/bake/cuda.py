@@ -206,7 +206,51 @@ class ViewObserver:
         return coef, rhs[:, self.slices[name]]
 
 
-def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=None, chunk=None, sample=None, observer=None):
+def _gather_block(ids, P, N, R, t, intr, centers, res, pos, tri_all, tol, cos_power, sample):
+    """One chunk of views x one block of texels -> (texel index (K,), weight (K,), values (K,C)) or None."""
+    # 1. every (view, texel) pair: projection and facing -- cheap, then only the candidates go on
+    q = torch.einsum("cij,tj->cti", R, P) + t[:, None, :]
+    z = q[..., 2]
+    zs = z.clamp_min(1e-9)
+    u = intr[:, 0:1] * q[..., 0] / zs + intr[:, 1:2]
+    v = intr[:, 0:1] * q[..., 1] / zs + intr[:, 2:3]
+    to_cam = centers[:, None, :] - P[None]
+    cosang = (to_cam * N[None]).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-12)
+    cand = (u >= 0) & (u < res) & (v >= 0) & (v < res) & (z > 0) & (cosang > 0.05)
+    del q, to_cam
+    ci, ti = torch.nonzero(cand, as_tuple=True)
+    pix = ci * (res * res) + v[ci, ti].long().clamp(0, res - 1) * res + u[ci, ti].long().clamp(0, res - 1)
+    tri_id = ids[pix]
+    keep = tri_id >= 0
+    ci, ti, tri_id, cos_k = ci[keep], ti[keep], tri_id[keep], cosang[ci, ti][keep]
+    del u, v, z, cosang, cand, pix
+    if ti.numel() == 0:
+        return None
+    # 2. the candidates: the ray camera -> texel against the triangle the view sees there
+    cen = centers[ci]
+    d = P[ti] - cen  # texel at ray parameter 1
+    tri = tri_all[tri_id]
+    A = pos[tri[:, 0]]
+    e1, e2 = pos[tri[:, 1]] - A, pos[tri[:, 2]] - A
+    pvec = torch.cross(d, e2, dim=-1)
+    det = (e1 * pvec).sum(-1)
+    good = det.abs() > 1e-20
+    inv = 1.0 / torch.where(good, det, torch.ones_like(det))
+    tvec = cen - A
+    b1 = (tvec * pvec).sum(-1) * inv
+    qvec = torch.cross(tvec, e1, dim=-1)
+    b2 = (d * qvec).sum(-1) * inv
+    th = (e2 * qvec).sum(-1) * inv  # hit at centre + th * d
+    ok = good & ((th - 1.0).abs() * d.norm(dim=-1) <= tol)
+    sel = torch.nonzero(ok, as_tuple=True)[0]
+    if sel.numel() == 0:
+        return None
+    bary = torch.stack([1 - b1[sel] - b2[sel], b1[sel], b2[sel]], -1).clamp_min(0.0)
+    bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
+    return ti[sel], cos_k[sel] ** cos_power, sample(tri_id[sel], bary)
+
+
+def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=None, chunk=None, sample=None, observer=None, block=None):
     """Mesh sources: like ``gather`` but each texel's colour is shaded exactly on the source.
 
     The view only tells *which* source triangle is in front at the texel's
@@ -217,6 +261,8 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     ray are rejected (occluders, other parts). ``sample(face, bary)`` gives
     the values at hits (default: the mesh's base colour). ``observer(mvp, R, t, rast, gm, res)`` is
     called with each chunk's raster of the source (the view fit's observations, ViewObserver).
+    Views are the outer loop (the source is rasterised once per view, however large the texture),
+    texels in ``block``s the inner one (bounded memory).
     """
     T = P.shape[0]
     res = cams[0].width
@@ -225,6 +271,7 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     acc = None
     wsum = torch.zeros((T,), device=device)
     chunk = chunk or chunk_size(T, res, 0)
+    block = int(block or T) or 1
     pos = gm.pos
     tri_all = gm.tri.long()
     # every camera's matrices in one transfer (a host->device copy per chunk would wait for the GPU)
@@ -240,47 +287,15 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
         if observer is not None:
             observer(mvp, R, t, rast, gm, res)
         ids = (rast[..., 3].long() - 1).reshape(-1)  # (C*H*W,)
-        # 1. every (view, texel) pair: projection and facing -- cheap, then only the candidates go on
-        q = torch.einsum("cij,tj->cti", R, P) + t[:, None, :]
-        z = q[..., 2]
-        zs = z.clamp_min(1e-9)
-        u = intr[s:e, 0:1] * q[..., 0] / zs + intr[s:e, 1:2]
-        v = intr[s:e, 0:1] * q[..., 1] / zs + intr[s:e, 2:3]
-        to_cam = centers_all[s:e, None, :] - P[None]
-        cosang = (to_cam * N[None]).sum(-1) / to_cam.norm(dim=-1).clamp_min(1e-12)
-        cand = (u >= 0) & (u < res) & (v >= 0) & (v < res) & (z > 0) & (cosang > 0.05)
-        ci, ti = torch.nonzero(cand, as_tuple=True)
-        pix = ci * (res * res) + v[ci, ti].long().clamp(0, res - 1) * res + u[ci, ti].long().clamp(0, res - 1)
-        tri_id = ids[pix]
-        keep = tri_id >= 0
-        ci, ti, tri_id, cos_k = ci[keep], ti[keep], tri_id[keep], cosang[ci, ti][keep]
-        if ti.numel() == 0:
-            continue
-        # 2. the candidates: the ray camera -> texel against the triangle the view sees there
-        cen = centers_all[s:e][ci]
-        d = P[ti] - cen  # texel at ray parameter 1
-        tri = tri_all[tri_id]
-        A = pos[tri[:, 0]]
-        e1, e2 = pos[tri[:, 1]] - A, pos[tri[:, 2]] - A
-        pvec = torch.cross(d, e2, dim=-1)
-        det = (e1 * pvec).sum(-1)
-        good = det.abs() > 1e-20
-        inv = 1.0 / torch.where(good, det, torch.ones_like(det))
-        tvec = cen - A
-        b1 = (tvec * pvec).sum(-1) * inv
-        qvec = torch.cross(tvec, e1, dim=-1)
-        b2 = (d * qvec).sum(-1) * inv
-        th = (e2 * qvec).sum(-1) * inv  # hit at centre + th * d
-        ok = good & ((th - 1.0).abs() * d.norm(dim=-1) <= tol)
-        sel = torch.nonzero(ok, as_tuple=True)[0]
-        if sel.numel():
-            bary = torch.stack([1 - b1[sel] - b2[sel], b1[sel], b2[sel]], -1).clamp_min(0.0)
-            bary = bary / bary.sum(-1, keepdim=True).clamp_min(1e-12)
-            w = cos_k[sel] ** cos_power
-            col = sample(tri_id[sel], bary)
+        for b0 in range(0, T, block):
+            b1 = min(T, b0 + block)
+            a = _gather_block(ids, P[b0:b1], N[b0:b1], R, t, intr[s:e], centers_all[s:e], res, pos, tri_all, tol, cos_power, sample)
+            if a is None:
+                continue
+            tsel, w, col = a
             if acc is None:
                 acc = torch.zeros((T, col.shape[1]), device=device)
-            tsel = ti[sel]
+            tsel = tsel + b0
             acc.index_add_(0, tsel, w[:, None] * col)
             wsum.index_add_(0, tsel, w)
     if progress is not None:
@@ -293,8 +308,8 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
 def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, view_renderer=None, observer=None):
     """All views of a bake, in texel blocks under the memory budget -> (values (T,C), weight sum (T,), info).
 
-    Mesh sources: ``sample(face, bary)`` at exact hits (gather_exact), and the view fit's ``observer``
-    (with the first texel block). Splat sources: ``view_renderer`` images (base colour only, RGB)."""
+    Mesh sources: ``sample(face, bary)`` at exact hits (gather_exact), and the view fit's ``observer``.
+    Splat sources: ``view_renderer`` images (base colour only, RGB)."""
     center, radius = bounding_sphere(src.vertices)
     cams = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
     T = int(P.shape[0])
@@ -306,20 +321,19 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
     if exact:
         method += "-exact"
         gm = GpuMesh(src, device)
-    acc = None
-    wsum = torch.zeros((T,), device=device)
-    for b0 in range(0, max(T, 1), block):
-        b1 = min(T, b0 + block)
-        sub = _SubProgress(progress, b0 / max(T, 1), b1 / max(T, 1))
-        if exact:
-            a, w = gather_exact(gm, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk, sample=sample,
-                                observer=observer if b0 == 0 else None)
-        else:
+    if exact:
+        acc, wsum = gather_exact(gm, cams, P, N, tol, device, progress, chunk=chunk, sample=sample, observer=observer, block=block)
+    else:
+        acc = None
+        wsum = torch.zeros((T,), device=device)
+        for b0 in range(0, max(T, 1), block):
+            b1 = min(T, b0 + block)
+            sub = _SubProgress(progress, b0 / max(T, 1), b1 / max(T, 1))
             a, w = gather(view_renderer, cams, P[b0:b1], N[b0:b1], tol, device, sub, chunk=chunk)
-        if acc is None:
-            acc = torch.zeros((T, a.shape[1]), device=device)
-        acc[b0:b1] = a
-        wsum[b0:b1] = w
+            if acc is None:
+                acc = torch.zeros((T, a.shape[1]), device=device)
+            acc[b0:b1] = a
+            wsum[b0:b1] = w
     info = {
         "method": method,
         "views": len(cams),
