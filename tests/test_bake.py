@@ -136,6 +136,29 @@ def test_dilation_leaves_no_black_and_grows_charts():
     assert np.abs(ring - [51, 153, 230]).max() <= 1  # padding ring is the chart's own colour
 
 
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_cpu_fill_matches_the_torch_fill(channels):
+    """The CPU fill (ring-by-ring gathers) gives the torch fill's texels (float32 sums in another order)."""
+    import torch
+
+    from engine.bake.dilate import _fill_cpu, _fill_torch
+
+    rng = np.random.default_rng(channels)
+    for pad in (0, 1, 4, 9):
+        tex = rng.random((97, 131, channels)).astype(np.float32)
+        cov = rng.random((97, 131)) > 0.995
+        cov[10:30, 40:90] = True
+        cov[60:64, 3:9] = True
+        a = _fill_torch(torch.as_tensor(tex), torch.as_tensor(cov), max(pad, 1) * 2)
+        b = _fill_cpu(tex, cov, max(pad, 1) * 2)
+        assert a.shape == b.shape == (97, 131, channels) and b.dtype == np.uint8
+        diff = np.abs(a.astype(int) - b)
+        assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    empty = np.zeros((8, 8), bool)
+    assert (_fill_cpu(np.zeros((8, 8, 3), np.float32), empty, 8) == 128).all()
+    assert (_fill_torch(torch.zeros(8, 8, 3), torch.as_tensor(empty), 8) == 128).all()
+
+
 def test_cli_bake_json_and_evaluate(meshes_dir, tmp_path, kiln_env):
     out = tmp_path / "duck.glb"
     p = subprocess.run([sys.executable, "-m", "engine", "bake", str(meshes_dir / "Duck.glb"), "-o", str(out), "--faces", "1000",
