@@ -95,6 +95,16 @@ class KilnSceneSettings(bpy.types.PropertyGroup):
         default={"BASE", "NORMAL", "ORM", "EMISSIVE"},
     )
 
+    vertex_colors: EnumProperty(
+        name="Vertex colours",
+        description="How the source's vertex colours blend across a triangle",
+        items=[
+            ("LINEAR", "Linear", "As Blender and glTF blend them (your own colour attributes)"),
+            ("SRGB", "sRGB", "As TRELLIS, SAM 3D and Hunyuan3D render their meshes (imported AI-generated assets)"),
+        ],
+        default="LINEAR",
+    )
+
     image_source: EnumProperty(name="Image", items=[("FILE", "File", "An image file on disk"), ("IMAGE", "Image", "An image in this .blend (packed images too)")], default="FILE")
     image_path: StringProperty(name="Image file", subtype="FILE_PATH", default="")
     image: PointerProperty(name="Image", type=bpy.types.Image)
@@ -122,6 +132,8 @@ class KilnSceneSettings(bpy.types.PropertyGroup):
         maps = self.maps_option()
         if maps != "auto":  # the engine's default is auto; older engines do not know the option
             opts["maps"] = maps
+        if self.vertex_colors == "SRGB":  # likewise: only sent when it differs from the engine's default
+            opts["vertex_color_interpolation"] = "srgb"
         return opts
 
     def reconstruct_options(self) -> dict:

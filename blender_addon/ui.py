@@ -139,6 +139,7 @@ class KILN_PT_main(_KilnSidebar, bpy.types.Panel):
         layout.row().prop(s, "device", expand=True)
         draw_target(layout, context, s)
         draw_maps(layout, s)
+        layout.row().prop(s, "vertex_colors", expand=True)
         layout.prop(s, "hide_source")
         row = layout.row()
         row.scale_y = 1.5

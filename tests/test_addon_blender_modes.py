@@ -292,6 +292,9 @@ def sc_maps(cfg):
     r["poll_without_maps"] = bpy.ops.kiln.bake_selected.poll()
     s.maps_auto = True
     r["auto_options"] = s.bake_options()
+    s.vertex_colors = "SRGB"
+    r["srgb_options"] = s.bake_options()
+    s.vertex_colors = "LINEAR"
     return r
 
 
@@ -519,6 +522,12 @@ if __name__ != "__main__":
             assert r["report_maps"].get("base") == "texture" and "normal" not in r["report_maps"], r["report_maps"]
         assert r["normal_maps"] == 0
         assert r["poll_without_maps"] is False
+        # vertex colours: Linear (the engine's default) is not sent; sRGB is, in the engine's own option
+        assert "vertex_color_interpolation" not in r["auto_options"]
+        assert r["srgb_options"]["vertex_color_interpolation"] == "srgb"
+        from engine.options import BakeOptions
+
+        assert BakeOptions.from_dict(r["srgb_options"]).vertex_color_interpolation == "srgb"
 
     def test_active_mode_poll_messages(modes):
         r = modes["active_poll"]
