@@ -84,3 +84,53 @@ def test_fit_converges_to_the_least_squares_optimum():
     assert best > 55.0
     assert reproduction_psnr(tex) > best - 0.05
     assert reproduction_psnr(fit_texture(fine, cov, 2, iters=4, tol=0.0)[0]) < best - 0.5  # the check can fail
+
+
+def test_packed_system_is_the_stencil(monkeypatch):
+    """The packed operator the fit iterates with (five planes, the other four read one texel back) applies
+    exactly the 3x3 stencil U^T W U + prior, row band by row band (bands of 3 rows here: their seams)."""
+    from engine.bake import fit as fit_mod
+
+    monkeypatch.setattr(fit_mod, "_TILE_ROWS", 3)
+    g = torch.Generator().manual_seed(2)
+    for S in (5, 7, 12):
+        W = (torch.rand(1, 1, 2 * S, 2 * S, generator=g) > 0.4).float() * torch.rand(1, 1, 2 * S, 2 * S, generator=g)
+        prior = torch.rand(1, 1, S, S, generator=g) * 0.1
+        coef = fit_mod._stencil(W, prior)
+        P = fit_mod._system(W, prior)
+        assert torch.equal(P, fit_mod._pack(coef))  # the same floats as the nine planes
+        x = torch.randn(2, 3, S, S, generator=g)
+        xp = F.pad(x, (1, 1, 1, 1))
+        out = torch.empty_like(x)
+        dot = fit_mod._apply_packed(P, xp, out, fit_mod._tiles(S, "cpu"))
+        want = _up_adjoint(_up(x) * W) + prior * x
+        assert torch.allclose(out, want, atol=1e-5)
+        assert abs(dot - float((x * want).sum())) < 1e-3 * max(1.0, abs(dot))
+
+
+def test_box_sums_and_adjoint_in_one_pass():
+    from engine.bake.fit import _box_and_adjoint
+
+    y = torch.randn(2, 3, 18, 18)
+    box, adj = _box_and_adjoint(y)
+    assert torch.allclose(box, F.avg_pool2d(y, 2) * 4, atol=1e-5)
+    assert torch.allclose(adj, _up_adjoint(y), atol=1e-5)
+
+
+def test_fit_cache_shares_the_coverage_between_channels():
+    """Channels of one bake share the coverage's part of the system; a different coverage is not reused."""
+    g = torch.Generator().manual_seed(3)
+    fine_a = torch.rand(64, 64, 3, generator=g)
+    fine_b = torch.rand(64, 64, 4, generator=g)
+    cov = torch.rand(64, 64, generator=g) > 0.3
+    cov2 = cov.clone()
+    cov2[:20] = False
+    cache: dict = {}
+    ta, ca = fit_texture(fine_a, cov, 2, cache=cache)
+    tb, cb = fit_texture(fine_b, cov, 2, cache=cache)
+    built = cache["coverage"]
+    t2, c2 = fit_texture(fine_a, cov2, 2, cache=cache)
+    assert cache["coverage"] is not built
+    for (t, c), (want_t, want_c) in (((ta, ca), fit_texture(fine_a, cov, 2)), ((tb, cb), fit_texture(fine_b, cov, 2)),
+                                     ((t2, c2), fit_texture(fine_a, cov2, 2))):
+        assert torch.equal(t, want_t) and torch.equal(c, want_c)

@@ -21,6 +21,11 @@ CG: 16 iterations land closer to the optimum than 24 plain ones did (on a
 512^2 pebble bake, texels vs a 200-iteration solution: mean 0.03 vs 0.26
 8-bit steps at 12 iterations; the fine samples are reproduced within 0.01 dB
 of the optimum), at about a third of the CPU time.
+
+The operator is symmetric, so five of its nine coefficient planes hold it (``_system``); the CPU applies
+it band of rows by band of rows (operands stay in cache) with the search direction kept in a zero-bordered
+buffer, and the coverage's part of the system (the planes, the prior, the coverage) is built once for all
+channels of a bake (``cache``). 1024^2 pebble base map, one thread: 1.43 s -> 0.62 s CPU per channel.
 """
 
 from __future__ import annotations
@@ -108,54 +113,177 @@ def _apply_stencil(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def fit_texture(fine, fine_cov, k: int = 2, iters: int = 16, lam: float = 0.05, tol: float = 1e-4, view=None, view_weight: float = 16.0):
+def _pair_bands(V: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K_0, K_+1) of ``_bands_1d`` along ``dim`` (-1 or -2), with the same floats; K_-1 is K_+1 shifted by one."""
+    def at(s):
+        return (Ellipsis, s) if dim == -1 else (Ellipsis, s, slice(None))
+
+    ev, od = V[at(slice(0, None, 2))], V[at(slice(1, None, 2))]
+    nb = torch.zeros_like(ev)  # V[2r-1] + V[2r+2]
+    nb[at(slice(1, None))] = od[at(slice(None, -1))]
+    nb[at(slice(None, -1))] += ev[at(slice(1, None))]
+    k0 = 0.5625 * (ev + od) + 0.0625 * nb
+    k0[at(0)] += 0.4375 * ev[at(0)]
+    k0[at(-1)] += 0.4375 * od[at(-1)]
+    kp = torch.zeros_like(ev)
+    kp[at(slice(None, -1))] = 0.1875 * (od[at(slice(None, -1))] + ev[at(slice(1, None))])
+    return k0, kp
+
+
+def _system(W: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """The operator of ``_stencil`` in the packed form ``_apply_packed`` iterates with: (5, S+2, S+2), zero border.
+
+    The operator is symmetric, so the weight of texel p - d in row p is the weight of p in row p - d: the
+    planes of the offsets (0,0), (0,+1), (+1,0), (+1,+1), (+1,-1) [dy,dx] hold all nine (the other four are
+    the same planes read one texel back). Its planes equal ``_stencil``'s (same floats)."""
+    k0x, kpx = _pair_bands(W[0, 0], -1)
+    k00, kp0 = _pair_bands(k0x, -2)
+    k0p, kpp = _pair_bands(kpx, -2)
+    H, Wd = k00.shape
+    P = torch.zeros((5, H + 2, Wd + 2), device=W.device, dtype=W.dtype)
+    P[0, 1:-1, 1:-1] = k00 + prior[0, 0]
+    P[1, 1:-1, 1:-1] = k0p
+    P[2, 1:-1, 1:-1] = kp0
+    P[3, 1:-1, 1:-1] = kpp
+    P[4, 1:-1, 2:-1] = kpp[:, :-1]  # (+1,-1) of row (i, j) is (+1,+1) of row (i, j-1)
+    return P
+
+
+def _pack(coef: torch.Tensor) -> torch.Tensor:
+    """A symmetric (3,3,1,1,S,S) stencil (``_stencil``, the view fit's normal equations) in packed form."""
+    H, Wd = coef.shape[-2:]
+    P = torch.zeros((5, H + 2, Wd + 2), device=coef.device, dtype=coef.dtype)
+    for i, (a, b) in enumerate(((1, 1), (1, 2), (2, 1), (2, 2), (2, 0))):
+        P[i, 1:-1, 1:-1] = coef[a, b, 0, 0]
+    return P
+
+
+_OFFSETS = ((1, 0, 1), (2, 1, 0), (3, 1, 1), (4, 1, -1))  # packed plane, dy, dx of the forward offsets
+
+
+def _tiles(S: int, device) -> list:
+    """Row bands the CPU works through one at a time (operands stay in cache); one band on a GPU."""
+    if torch.device(device).type != "cpu":
+        return [(0, S)]
+    return [(r, min(S, r + _TILE_ROWS)) for r in range(0, S, _TILE_ROWS)]
+
+
+_TILE_ROWS = 64
+
+
+def _apply_packed(P: torch.Tensor, xp: torch.Tensor, out: torch.Tensor, tiles) -> float:
+    """out = A x for x held in xp (N,C,S+2,S+2, zero border) with A packed by ``_system``; -> <x, A x>."""
+    S = out.shape[-1]
+    dot = 0.0
+    for r0, r1 in tiles:
+        y = out[..., r0:r1, :]
+        x = xp[..., 1 + r0 : 1 + r1, 1 : S + 1]
+        torch.mul(P[0, 1 + r0 : 1 + r1, 1 : S + 1], x, out=y)
+        for k, dy, dx in _OFFSETS:
+            # forward: K_d(p) x(p + d); backward: K_d(p - d) x(p - d)
+            y.addcmul_(P[k, 1 + r0 : 1 + r1, 1 : S + 1], xp[..., 1 + r0 + dy : 1 + r1 + dy, 1 + dx : S + 1 + dx])
+            y.addcmul_(P[k, 1 + r0 - dy : 1 + r1 - dy, 1 - dx : S + 1 - dx], xp[..., 1 + r0 - dy : 1 + r1 - dy, 1 - dx : S + 1 - dx])
+        dot += float((y * x).sum())
+    return dot
+
+
+def _box_and_adjoint(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,C,2S,2S) -> (2x2 box sums, _up_adjoint) (N,C,S,S), separably: one pass over the fine grid per axis."""
+    def axis(v, dim):
+        def at(s):
+            return (Ellipsis, s) if dim == -1 else (Ellipsis, s, slice(None))
+
+        ev, od = v[at(slice(0, None, 2))], v[at(slice(1, None, 2))]
+        box = ev + od
+        adj = 0.75 * box
+        adj[at(slice(1, None))] += 0.25 * od[at(slice(None, -1))]
+        adj[at(slice(None, -1))] += 0.25 * ev[at(slice(1, None))]
+        adj[at(0)] += 0.25 * ev[at(0)]  # the clamped border sample weighs the edge texel by 1
+        adj[at(-1)] += 0.25 * od[at(-1)]
+        return box, adj
+
+    bx, ax = axis(f, -1)
+    return axis(bx, -2)[0], axis(ax, -2)[1]
+
+
+class _Coverage:
+    """What the fit needs of the fine coverage alone (shared by the channels of one bake)."""
+
+    def __init__(self, fine_cov: torch.Tensor, k: int, lam: float):
+        self.fine_cov, self.k, self.lam = fine_cov, k, lam
+        W = fine_cov.to(torch.float32)[None, None]
+        cnt, support = _box_and_adjoint(W)  # fine samples per texel; how much fine data touches each texel
+        self.cnt = cnt
+        self.support = support
+        self.cov = (support[0, 0] > 0.25 * k * k * 0.25) | (cnt[0, 0] > 0)
+        self.prior = lam * torch.where(cnt > 0, torch.ones_like(cnt), torch.full_like(cnt, 0.01))
+        self.P = _system(W, self.prior)
+
+    def matches(self, fine_cov: torch.Tensor, k: int, lam: float) -> bool:
+        return (k, lam) == (self.k, self.lam) and self.fine_cov.device == fine_cov.device and torch.equal(self.fine_cov, fine_cov)
+
+
+def fit_texture(fine, fine_cov, k: int = 2, iters: int = 16, lam: float = 0.05, tol: float = 1e-4, view=None, view_weight: float = 16.0,
+                cache: dict | None = None):
     """fine (2S,2S,C) float samples + (2S,2S) bool coverage -> (texture (S,S,C) float, coverage (S,S) bool), torch.
 
     Jacobi-preconditioned conjugate gradients on the texture grid (the operator as a 3x3 stencil,
-    ``_stencil``), started from the box average; stops after ``iters`` iterations or when the
-    residual falls below ``tol`` times its start (the remaining change is far below one 8-bit step).
+    ``_stencil``, held packed: ``_system``), started from the box average; stops after ``iters`` iterations
+    or when the residual falls below ``tol`` times its start (the remaining change is far below one 8-bit step).
     ``view``: (stencil (3,3,1,1,S,S), right-hand side (1,C,S,S)) of the bake views' observations
     (engine.bake.viewfit), added with ``view_weight`` times the fine samples' average weight per texel.
+    ``cache``: a dict kept across the channels of one bake: the coverage's part of the system is built
+    once (checked: it is rebuilt when the coverage differs).
     """
     if k != 2:
         raise ValueError("the least-squares fit samples the source at 2x the texture resolution (supersample 2)")
     fine = torch.as_tensor(fine, dtype=torch.float32)
-    w = torch.as_tensor(fine_cov).to(fine.device, torch.float32)
-    c = fine.permute(2, 0, 1)[None] * w[None, None]
-    W = w[None, None]
-    cnt = F.avg_pool2d(W, k) * (k * k)
-    t0 = F.avg_pool2d(c, k) * (k * k) / cnt.clamp_min(1e-12)
-    support = _up_adjoint(W)  # how much fine data touches each texel
-    cov = (support[0, 0] > 0.25 * k * k * 0.25) | (cnt[0, 0] > 0)
-    prior = lam * torch.where(cnt > 0, torch.ones_like(cnt), torch.full_like(cnt, 0.01))
-    coef = _stencil(W, prior)
-    b = _up_adjoint(c) + prior * t0
+    fc = torch.as_tensor(fine_cov).to(fine.device, torch.bool)
+    sysc = cache.get("coverage") if cache is not None else None
+    if sysc is None or not sysc.matches(fc, k, lam):
+        sysc = _Coverage(fc, k, lam)
+        if cache is not None:
+            cache["coverage"] = sysc
+    H2, W2, C = fine.shape
+    c = torch.empty((1, C, H2, W2), device=fine.device)  # channel-first memory (the CG's planes are contiguous)
+    torch.mul(fine.permute(2, 0, 1)[None], fc[None, None], out=c)
+    box, adj = _box_and_adjoint(c)
+    cnt, prior, cov, P = sysc.cnt, sysc.prior, sysc.cov, sysc.P
+    t0 = box / cnt.clamp_min(1e-12)
+    b = adj.add_(prior * t0)
     if view is not None:
         vcoef, vrhs = view
         vsup = vcoef.sum((0, 1))
         seen = vsup > 0
         if bool(seen.any()):
+            support = sysc.support
             alpha = view_weight * float(support[support > 0].mean()) / float(vsup[seen].mean())
-            coef = coef + alpha * vcoef
+            P = P + alpha * _pack(vcoef)
             b = b + alpha * vrhs.to(b.dtype)
             cov = cov | seen[0, 0]
-    inv_diag = 1.0 / coef[1, 1]
+    inv_diag = 1.0 / P[0, 1:-1, 1:-1]
 
-    x = t0.clone()
-    r = b - _apply_stencil(coef, x)
+    N, C, H, Wd = t0.shape
+    tiles = _tiles(H, t0.device)
+    pp = torch.zeros((N, C, H + 2, Wd + 2), device=t0.device)  # the search direction, zero border
+    p = pp[..., 1:-1, 1:-1]
+    Ap = torch.empty((N, C, H, Wd), device=t0.device)
+    x = t0
+    p.copy_(x)
+    _apply_packed(P, pp, Ap, tiles)
+    r = b.sub_(Ap)
     z = r * inv_diag
-    p = z.clone()
-    rz = (r * z).sum()
-    stop = float(rz) * tol * tol
+    p.copy_(z)
+    rz = float((r * z).sum())
+    stop = rz * tol * tol
     for _ in range(iters):
-        if float(rz) <= stop or float(rz) < 1e-24:
+        if rz <= stop or rz < 1e-24:
             break
-        Ap = _apply_stencil(coef, p)
-        alpha = rz / (p * Ap).sum().clamp_min(1e-30)
-        x.add_(alpha * p)
-        r.sub_(alpha * Ap)
-        z = r * inv_diag
-        rz_new = (r * z).sum()
-        p = z + (rz_new / rz) * p
+        alpha = rz / max(_apply_packed(P, pp, Ap, tiles), 1e-30)
+        x.add_(p, alpha=alpha)
+        r.sub_(Ap, alpha=alpha)
+        torch.mul(r, inv_diag, out=z)
+        rz_new = float(torch.dot(r.view(-1), z.view(-1)))
+        torch.add(z, p, alpha=rz_new / rz, out=p)
         rz = rz_new
     return x[0].permute(1, 2, 0).clamp(0.0, 1.0), cov
