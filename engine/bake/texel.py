@@ -1,9 +1,11 @@
 """UV-space rasterisation on the CPU: which triangle covers each texel centre.
 
 Texel (row r, col c) has its centre at uv = ((c + .5) / S, (r + .5) / S).
-Vectorised over triangle chunks: candidate texels from each triangle's
-bounding box, kept where all barycentrics are >= 0. Later triangles win ties
-(charts never overlap after xatlas packing, so ties are only shared edges).
+Vectorised over chunks of candidate texels: for each triangle and texel row,
+the span where the row crosses it (one texel wider each side; about 1.3x the
+texels inside, a bounding box has 2.7x), kept where all barycentrics are >= 0.
+Later triangles win ties (charts never overlap after xatlas packing, so ties
+are only shared edges).
 """
 
 from __future__ import annotations
@@ -11,55 +13,75 @@ from __future__ import annotations
 import numpy as np
 
 
-def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, chunk_texels: int = 4_000_000, counts: bool = False):
+def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, chunk_texels: int = 300_000, counts: bool = False):
     """-> (tri (S,S) int32, -1 where uncovered; bary (S,S,3) float32) [, faces covering each texel (S,S)]."""
     S = int(size)
     cnt_img = np.zeros(S * S, np.int32) if counts else None
     tri_img = np.full(S * S, -1, np.int32)
     bary_img = np.zeros((S * S, 3), np.float32)
-    P = uv[faces].astype(np.float64) * S - 0.5  # texel-centre coordinates: centre of texel c at c
+    P = uv[faces].astype(np.float64) * S - 0.5
+    ax, ay = P[:, 0, 0], P[:, 0, 1]
+    v0x, v0y = P[:, 1, 0] - ax, P[:, 1, 1] - ay
+    v1x, v1y = P[:, 2, 0] - ax, P[:, 2, 1] - ay
+    den = v0x * v1y - v1x * v0y
+    ok = np.abs(den) > 1e-12
     xmin = np.clip(np.ceil(P[:, :, 0].min(1)), 0, S - 1).astype(np.int64)
     xmax = np.clip(np.floor(P[:, :, 0].max(1)), 0, S - 1).astype(np.int64)
     ymin = np.clip(np.ceil(P[:, :, 1].min(1)), 0, S - 1).astype(np.int64)
     ymax = np.clip(np.floor(P[:, :, 1].max(1)), 0, S - 1).astype(np.int64)
-    w = np.maximum(xmax - xmin + 1, 0)
     h = np.maximum(ymax - ymin + 1, 0)
-    w[(P[:, :, 0].max(1) < xmin) | (P[:, :, 1].max(1) < ymin)] = 0
-    n = w * h
-    order = np.arange(len(faces))
-    start = 0
+    h[(P[:, :, 0].max(1) < xmin) | (P[:, :, 1].max(1) < ymin) | ~ok] = 0
+    # one span of candidate texels per (face, row): where the row crosses the triangle, one texel wider each side
+    rf = np.repeat(np.arange(len(faces)), h)
+    ry = np.repeat(ymin, h) + (np.arange(int(h.sum())) - np.repeat(np.cumsum(h) - h, h))
+    dn = np.where(ok, den, 1.0)[rf]
+    py = ry - ay[rf]
+    # l1 = m1 x + q1, l2 = m2 x + q2, l0 = 1 - l1 - l2 along the row
+    m1 = v1y[rf] / dn
+    q1 = (-ax[rf] * v1y[rf] - v1x[rf] * py) / dn
+    m2 = -v0y[rf] / dn
+    q2 = (v0x[rf] * py + ax[rf] * v0y[rf]) / dn
+    lo = np.full(len(rf), -np.inf)
+    hi = np.full(len(rf), np.inf)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for m, q in ((m1, q1), (m2, q2), (-m1 - m2, 1.0 - q1 - q2)):
+            # l >= -1e-7 bounds x from one side; an edge (nearly) along the row bounds nothing (the test decides)
+            b = (-1e-7 - q) / m
+            lo = np.where(m > 1e-9, np.maximum(lo, b), lo)
+            hi = np.where(m < -1e-9, np.minimum(hi, b), hi)
+    x0 = np.maximum(np.floor(np.nan_to_num(lo, nan=-1.0, posinf=S + 1.0, neginf=-1.0)).astype(np.int64), xmin[rf])
+    x1 = np.minimum(np.ceil(np.nan_to_num(hi, nan=S + 1.0, posinf=S + 1.0, neginf=-2.0)).astype(np.int64), xmax[rf])
+    n = np.maximum(x1 - x0 + 1, 0)
     csum = np.cumsum(n)
-    while start < len(faces):
+    start = 0
+    R = len(rf)
+    while start < R:
         base = csum[start - 1] if start else 0
-        end = int(np.searchsorted(csum, base + chunk_texels, side="right"))
-        end = max(end, start + 1)
-        idx = order[start:end]
-        cnt = n[idx]
+        end = max(int(np.searchsorted(csum, base + chunk_texels, side="right")), start + 1)
+        cnt = n[start:end]
         tot = int(cnt.sum())
         if tot:
-            t = np.repeat(idx, cnt)
-            local = np.arange(tot) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-            ww = np.repeat(w[idx], cnt)
-            x = np.repeat(xmin[idx], cnt) + local % np.maximum(ww, 1)
-            y = np.repeat(ymin[idx], cnt) + local // np.maximum(ww, 1)
-            a, b, c = P[t, 0], P[t, 1], P[t, 2]
-            v0 = b - a
-            v1 = c - a
-            px = x - a[:, 0]
-            py = y - a[:, 1]
-            den = v0[:, 0] * v1[:, 1] - v1[:, 0] * v0[:, 1]
-            ok = np.abs(den) > 1e-12
-            den = np.where(ok, den, 1.0)
-            l1 = (px * v1[:, 1] - v1[:, 0] * py) / den
-            l2 = (v0[:, 0] * py - px * v0[:, 1]) / den
+            sl = slice(start, end)
+            rt = rf[sl]
+
+            def rep(a):
+                return np.repeat(a, cnt)
+
+            x = rep(x0[sl]) + (np.arange(tot) - rep(np.cumsum(cnt) - cnt))
+            y = rep(ry[sl])
+            px = x - rep(ax[rt])
+            pyy = y - rep(ay[rt])
+            d = rep(dn[sl])  # == where(ok, den, 1)[t]
+            l1 = (px * rep(v1y[rt]) - rep(v1x[rt]) * pyy) / d
+            l2 = (rep(v0x[rt]) * pyy - px * rep(v0y[rt])) / d
             l0 = 1.0 - l1 - l2
             eps = -1e-7
-            inside = ok & (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
+            inside = (l0 >= eps) & (l1 >= eps) & (l2 >= eps)
             pix = (y * S + x)[inside]
             if counts:
                 np.add.at(cnt_img, pix, 1)
-            tri_img[pix] = t[inside]
-            bary_img[pix] = np.stack([l0, l1, l2], 1)[inside]
+            tri_img[pix] = rep(rt)[inside]
+            bary_img[pix] = np.stack([l0[inside], l1[inside], l2[inside]], 1)
         start = end
     if counts:
         return tri_img.reshape(S, S), bary_img.reshape(S, S, 3), cnt_img.reshape(S, S)
@@ -103,10 +125,16 @@ def edge_ring(tri_img: np.ndarray, uv: np.ndarray, faces: np.ndarray):
     is baked from the true surface colour just beyond the chart's edge.
     -> (rows, cols, triangle ids, barycentrics (K,3) float32, may be < 0).
     """
-    from scipy.ndimage import maximum_filter
-
     S = tri_img.shape[0]
-    nb = maximum_filter(tri_img, size=3, mode="constant", cval=-1)
+    if int(tri_img.max()) < (1 << 24) - 1:  # ids + 1 are exact in float32: OpenCV's 3x3 max, ~6x faster than scipy's
+        import cv2
+
+        nb = cv2.dilate((tri_img + 1).astype(np.float32), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                        borderValue=0).astype(np.int32) - 1
+    else:
+        from scipy.ndimage import maximum_filter
+
+        nb = maximum_filter(tri_img, size=3, mode="constant", cval=-1)
     ring = (tri_img < 0) & (nb >= 0)
     rr, cc = np.nonzero(ring)
     t = nb[ring]
