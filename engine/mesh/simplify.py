@@ -28,17 +28,23 @@ Decimators: meshoptimizer's quadric edge collapse (``meshopt_simplify``, MIT, th
 4. meshoptimizer does not check the link condition: on pebble(9) it left 13 "fins", pairs of
    opposite triangles on the same three vertices hanging off an edge (a non-manifold edge each).
    ``_drop_fins`` removes both triangles of every such pair, which leaves every edge of a closed
-   input with two faces again. Should its result still not be closed while the welded input was,
-   fast-simplification does the whole simplification from the source (aggression 5 keeps closed
-   meshes closed, see ``BakeOptions.simplify_aggression``). Without the ``meshoptimizer`` package
-   the same path runs on fast-simplification alone.
+   input with two faces again. Other non-manifold edges remain possible (pebble(9) -> 80,000:
+   two edges where two sheets touch); the finishing fast-simplification pass collapsed them in
+   every case seen. Should the final result still not be closed while the welded input was,
+   fast-simplification does the whole simplification again from the source (slow: aggression 5
+   keeps closed meshes closed, see ``BakeOptions.simplify_aggression``). Without the
+   ``meshoptimizer`` package the same path runs on fast-simplification alone.
 
 Measured on the 2-core development machine while other work kept both cores busy (min of
-repeats; ``benchmarks/simplify.py`` -> ``benchmarks/results/cpu_simplify.json`` has the figures
-with surface distances), weld included, aggression 5:
+repeats; ``benchmarks/simplify.py`` -> ``benchmarks/results/cpu_simplify.json``), weld included,
+aggression 5, old = lexsort weld + fast-simplification:
 
-- pebble(7), 327,680 -> 16,000 faces: fast-simplification 1.1 s, this 0.43 s
-- pebble(9), 5,242,880 -> 20,000 faces: fast-simplification 34 s, this 7.4-7.7 s
+- pebble(7), 327,680 -> 16,000 faces: old 1.0 s, this 0.30 s; Hausdorff 0.0073 -> 0.0068,
+  mean distance 0.00033 -> 0.00044
+- pebble(9), 5,242,880 -> 20,000 faces: old 24.5 s (34 s in a busier run; weld 4-5.6 s), this
+  4.4 s (9 s in a busier run; weld 1.0 s); Hausdorff 0.0062 -> 0.0091, mean 0.00030 -> 0.00040
+  (pebble size ~4: both well under 0.1% of the diagonal)
+- bunny.ply, 16,301 -> 5,000: both ~0.03 s, about the same distances
 
 closed inputs staying closed.
 """
@@ -250,12 +256,13 @@ def simplify(vertices: np.ndarray, faces: np.ndarray, target_faces: int, aggress
     f = _spatial_faces(len(v), f)
     middle = int(_FINISH_RATIO * target_faces)
     out = _meshopt(v, f, middle, progress) if len(f) > middle else None
-    if out is not None:
-        mv, mf = out
-        if len(mf) and (is_closed(mf) or not is_closed(f)):  # else: fast-simplification from the source
-            v, f = mv, mf
-            if progress is not None:
-                progress.update(0.7, f"{len(f)} faces (meshoptimizer)")
+    if out is not None and len(out[1]):
+        if progress is not None:
+            progress.update(0.7, f"{len(out[1])} faces (meshoptimizer)")
+        lv, lf = _quadric_passes(*out, target_faces, aggression, progress)
+        if is_closed(lf) or not is_closed(f):
+            return lv, lf
+        # a closed input came out open: fast-simplification alone, from the source
     return _quadric_passes(v, f, target_faces, aggression, progress)
 
 
