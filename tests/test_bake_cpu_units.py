@@ -71,3 +71,71 @@ def test_edge_ring_is_the_3x3_neighbour_of_the_charts():
     ring = (tri < 0) & (nb >= 0)
     assert ring[rr, cc].all() and np.array_equal(t, nb[rr, cc])
     assert ring.sum() > 100 and len(rr) > 0.9 * ring.sum()  # all but sliver extrapolations
+
+
+def _shell_scene():
+    """Two concentric spheres 0.01 apart (a thin shell: hits on both sides of many points) and a plane through them."""
+    from engine.bake.cpu import _scene
+    from engine.mesh.source import SourceMesh
+    from tests.gltf_builder import uv_sphere
+
+    v1, f1 = uv_sphere(40, 80, 1.0)
+    v2, f2 = uv_sphere(31, 67, 1.01)
+    pv = np.array([[-2, 0.013, -2], [2, 0.013, -2], [2, 0.013, 2], [-2, 0.013, 2]], np.float64)
+    pf = np.array([[0, 1, 2], [0, 2, 3]])
+    v = np.concatenate([v1, v2, pv]).astype(np.float32)
+    f = np.concatenate([f1, f2 + len(v1), pf + len(v1) + len(v2)]).astype(np.int32)
+    src = SourceMesh(vertices=v, faces=f)
+    return _scene(src), v, f
+
+
+def test_nearest_hit_with_fewer_rays_is_the_two_ray_rule(monkeypatch):
+    """find_hits (one ray, a second one where the source lies outside) finds the hits of the reference rule
+    (a ray each way, the nearer hit): points off, inside and exactly on a thin shell, tilted normals."""
+    from engine.bake import cpu
+
+    scene, v, f = _shell_scene()
+    rng = np.random.default_rng(7)
+    K = 60_000
+    d = rng.normal(size=(K, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = rng.uniform(0.95, 1.06, K)
+    r[: K // 10] = 1.0  # on the inner sphere's vertices' radius (hits within eps of p)
+    p = (d * r[:, None]).astype(np.float32)
+    on = rng.integers(0, len(v) - 4, K // 10)
+    p[K // 10 : K // 5] = v[on]  # exactly on source vertices
+    n = d + rng.normal(scale=0.3, size=(K, 3))
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    n = n.astype(np.float32)
+    calls = []
+    ref_rule = cpu._find_hits_two_casts
+    monkeypatch.setattr(cpu, "_find_hits_two_casts", lambda *a: calls.append(len(a[1])) or ref_rule(*a))
+    on_vertex = np.zeros(K, bool)
+    on_vertex[K // 10 : K // 5] = True
+    for cage in (0.02, 0.08):
+        want_p, want_b = ref_rule(scene, p, n, cage)
+        got_p, got_b = cpu.find_hits(scene, p, n, cage)
+        assert np.array_equal(got_p >= 0, want_p >= 0) and (got_p >= 0).mean() > 0.5
+        hit = got_p >= 0
+        # the same hit point (the face may differ where the point lies on an edge or a vertex shared by faces)
+        dist = np.linalg.norm(np.einsum("kj,kjc->kc", got_b[hit], v[f[got_p[hit]]])
+                              - np.einsum("kj,kjc->kc", want_b[hit], v[f[want_p[hit]]]), axis=1)
+        assert dist[~on_vertex[hit]].max() < 1e-4
+        # rays exactly through a source vertex may slip through it (Embree is not watertight there), either rule's
+        assert (dist[on_vertex[hit]] < 1e-4).mean() > 0.999
+    assert sum(calls) > 100  # hits on both sides within reach, and rays that slipped: the reference rule decided those
+
+
+def test_threaded_casts_equal_one_batch(monkeypatch):
+    from engine.bake import cpu
+
+    scene, v, f = _shell_scene()
+    rng = np.random.default_rng(3)
+    o = rng.normal(size=(300_000, 3)).astype(np.float32) * 3
+    d = -o / np.linalg.norm(o, axis=1, keepdims=True)
+    monkeypatch.setattr(cpu, "_workers", lambda: 1)
+    one = cpu.cast(scene, o, d, 10.0)
+    monkeypatch.setattr(cpu, "_workers", lambda: 4)
+    many = cpu.cast(scene, o, d, 10.0)
+    for a, b in zip(one, many):
+        assert np.array_equal(a, b)

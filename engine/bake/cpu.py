@@ -1,15 +1,20 @@
 """CPU bake backend: Embree rays from the target surface to the source.
 
 For every texel covered by the target in UV space we know its 3D position p
-and shading normal n. Like Blender's "selected to active" bake we cast rays
-from p along +n and along -n up to a cage distance and take the nearest hit
-(with a cage mesh: one ray from the cage point through p, as Cycles does);
+and shading normal n. Like Blender's "selected to active" bake we look for
+the source along +n and along -n up to a cage distance and take the nearest
+hit (with a cage mesh: one ray from the cage point through p, as Cycles does);
 texels whose rays miss are retried with a 4x cage, then left uncovered for
 the fill stage. The hit (source face + barycentrics) goes to the channels.
+
+The nearest hit takes one ray where the source lies inside the target and a
+second, short one where it lies outside (``find_hits``): ~1.6 rays per texel
+instead of two. Embree releases the GIL, so ray batches run on all cores.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -19,6 +24,7 @@ from engine.backend import Backend
 from engine.bake.texel import texels_cpu
 
 RAY_BATCH = 262_144
+_THREAD_RAYS = 65_536  # rays per task of the thread pool
 
 
 def _scene(src):
@@ -26,7 +32,10 @@ def _scene(src):
     from embreex.mesh_construction import TriangleMesh
 
     scene = rtcore_scene.EmbreeScene()
-    TriangleMesh(scene, np.ascontiguousarray(src.vertices[src.faces], np.float32))
+    # indexed (the vertex soup of every face took twice as long to hand over); prim ids are face indices
+    TriangleMesh(scene, np.ascontiguousarray(src.vertices, np.float32), np.ascontiguousarray(src.faces, np.int32))
+    z = np.zeros((1, 3), np.float32)
+    scene.run(z, z + np.float32([0, 0, 1]), dists=np.ones(1, np.float32))  # commit now: threads then share it read-only
     return scene
 
 
@@ -38,20 +47,80 @@ def scene_for(src):
     return cache["scene"]
 
 
+_POOL = None
+
+
+def _workers() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(_workers(), thread_name_prefix="kiln-rays")
+    return _POOL
+
+
 def cast(scene, origins: np.ndarray, dirs: np.ndarray, dist: float | np.ndarray):
-    """First hits: (prim (K,) int32 -1 on miss, bary (K,3) f32, t (K,) f32)."""
-    d = np.full(len(origins), dist, np.float32) if np.isscalar(dist) else np.asarray(dist, np.float32)
-    r = scene.run(np.ascontiguousarray(origins, np.float32), np.ascontiguousarray(dirs, np.float32), dists=d, output=1)
-    u = r["u"].astype(np.float32)
-    v = r["v"].astype(np.float32)
-    bary = np.stack([1.0 - u - v, u, v], 1)
-    return r["primID"].astype(np.int32), bary, r["tfar"].astype(np.float32)
+    """First hits: (prim (K,) int32 -1 on miss, bary (K,3) f32, t (K,) f32). Large batches run on all cores."""
+    o = np.ascontiguousarray(origins, np.float32)
+    dv = np.ascontiguousarray(dirs, np.float32)
+    d = np.full(len(o), dist, np.float32) if np.isscalar(dist) else np.ascontiguousarray(dist, np.float32)
+    K = len(o)
+    prim = np.empty(K, np.int32)
+    u = np.empty(K, np.float32)
+    v = np.empty(K, np.float32)
+    t = np.empty(K, np.float32)
+
+    def run(a, b):
+        r = scene.run(o[a:b], dv[a:b], dists=d[a:b], output=1)
+        prim[a:b], u[a:b], v[a:b], t[a:b] = r["primID"], r["u"], r["v"], r["tfar"]
+
+    if K >= 2 * _THREAD_RAYS and _workers() > 1:
+        list(_pool().map(lambda a: run(a, min(K, a + _THREAD_RAYS)), range(0, K, _THREAD_RAYS)))
+    else:
+        run(0, K)
+    bary = np.empty((K, 3), np.float32)
+    np.subtract(1.0, u, out=bary[:, 0])
+    bary[:, 0] -= v
+    bary[:, 1] = u
+    bary[:, 2] = v
+    return prim, bary, t
+
+
+def _find_hits_two_casts(scene, p, n, cage):
+    """The nearest hit along +-n by one ray each way (the reference rule of ``find_hits``)."""
+    eps = cage * 1e-3
+    # start slightly behind the surface so a source lying exactly on it is found by both casts
+    pa, ba, ta = cast(scene, p - n * eps, n, cage + eps)
+    pb, bb, tb = cast(scene, p + n * eps, -n, cage + eps)
+    ta = np.where(pa >= 0, ta, np.inf)
+    tb = np.where(pb >= 0, tb, np.inf)
+    use_b = tb < ta
+    return np.where(use_b, pb, pa), np.where(use_b[:, None], bb, ba)
 
 
 def find_hits(scene, p: np.ndarray, n: np.ndarray, cage: float, origins: np.ndarray | None = None):
     """Nearest source hit along +-n within ``cage`` of points p (or from cage ``origins`` through p).
 
-    -> (prim (K,) int32, -1 on miss; bary (K,3) float32)."""
+    -> (prim (K,) int32, -1 on miss; bary (K,3) float32).
+
+    The rule of ``_find_hits_two_casts`` (a ray each way from p, the nearer hit; within eps = cage/1000 of p
+    both rays see a hit and the inward one wins unless it lies beyond p by more than the outward one) with
+    fewer rays. With s the signed distance of a hit along n:
+      1. one ray from p + cage n inward over 2 cage: the outermost hit s1; s1 <= -eps: it is the nearest.
+      2. s1 > eps: a ray from p - s1 n outward over 2 s1: the innermost hit s2 within |s| <= s1; s2 >= 0:
+         it is the nearest (nothing lies inside p within s1); s2 < 0 (hits on both sides): both rays of the
+         reference rule (rare: thin parts).
+         -eps < s1 <= eps: a ray from p - eps n outward up to s1 gives the outward ray's hit s2, the
+         inward one's is s1: s1 unless s2 is nearer (-s1 >= s2), as the reference decides.
+      3. no hit: both rays of the reference rule (a ray through a vertex or an edge may slip through).
+    """
     eps = cage * 1e-3
     if origins is not None:
         d = p - origins
@@ -62,13 +131,27 @@ def find_hits(scene, p: np.ndarray, n: np.ndarray, cage: float, origins: np.ndar
         dist = np.where(use, ln[:, 0] + cage, 2 * cage)
         prim, bary, _ = cast(scene, o - d * eps, d, dist + eps)
         return prim, bary
-    # start slightly behind the surface so a source lying exactly on it is found by both casts
-    pa, ba, ta = cast(scene, p - n * eps, n, cage + eps)
-    pb, bb, tb = cast(scene, p + n * eps, -n, cage + eps)
-    ta = np.where(pa >= 0, ta, np.inf)
-    tb = np.where(pb >= 0, tb, np.inf)
-    use_b = tb < ta
-    return np.where(use_b, pb, pa), np.where(use_b[:, None], bb, ba)
+    prim, bary, t = cast(scene, p + n * cage, -n, 2 * cage)
+    s1 = cage - t
+    i = np.nonzero((prim >= 0) & (s1 > -eps))[0]
+    if len(i):
+        si = s1[i]
+        m = np.maximum(si, eps)
+        ni = n[i]
+        p2, b2, t2 = cast(scene, p[i] - ni * m[:, None], ni, m + si + eps * 1e-3)
+        s2 = t2 - m
+        ok = p2 >= 0
+        wide = si > eps
+        take = ok & np.where(wide, s2 >= 0, -si >= s2)
+        prim[i[take]] = p2[take]
+        bary[i[take]] = b2[take]
+        both = i[ok & wide & (s2 < 0)]
+        if len(both):
+            prim[both], bary[both] = _find_hits_two_casts(scene, p[both], n[both], cage)
+    miss = np.nonzero(prim < 0)[0]
+    if len(miss):  # a ray through a vertex or an edge may slip through: the reference's two get their chance
+        prim[miss], bary[miss] = _find_hits_two_casts(scene, p[miss], n[miss], cage)
+    return prim, bary
 
 
 def transfer(scene, src, p, n, cage, progress=None, p_lo=0.0, p_hi=1.0, sample=None, origins=None):
