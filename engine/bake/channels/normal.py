@@ -60,21 +60,47 @@ def world_from_tangent(c: torch.Tensor, T: torch.Tensor, w: torch.Tensor, N: tor
     return _unit(c[:, :1] * T + c[:, 1:2] * B + c[:, 2:3] * N)
 
 
+def _rows(v: torch.Tensor) -> list:
+    """(K,3) -> its three components as contiguous (K,) vectors (elementwise ops on them vectorise; on (K,3)
+    rows every op strides over 3 values)."""
+    return list(v.t().contiguous().unbind(0))
+
+
+def _cross3(a, b):
+    return [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+
+
+def _dot3(a, b):
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _unit3(a):
+    ln = torch.sqrt(_dot3(a, a)).clamp_min(1e-12)
+    return [x / ln for x in a]
+
+
+def _tangent_from_world3(n, T, w, N):
+    """tangent_from_world on component vectors ([x, y, z], each (K,)) -> [cx, cy, cz]."""
+    N = _unit3(N)
+    B = [w * x for x in _cross3(N, T)]
+    # rows of the inverse of [T B N] (columns): (B x N, N x T, T x B) / det
+    r0 = _cross3(B, N)
+    r1 = _cross3(N, T)
+    r2 = _cross3(T, B)
+    det = _dot3(T, r0)
+    det = torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
+    c = _unit3([_dot3(r0, n) / det, _dot3(r1, n) / det, _dot3(r2, n) / det])
+    # a source normal facing away from the target's hemisphere cannot be stored: keep it at the horizon
+    low = c[2] < 0.02
+    if bool(low.any()):
+        h = _unit3([c[0], c[1], 0.02 * torch.sqrt(c[0] * c[0] + c[1] * c[1]).clamp_min(1e-6)])
+        c = [torch.where(low, a, b) for a, b in zip(h, c)]
+    return c
+
+
 def tangent_from_world(n: torch.Tensor, T: torch.Tensor, w: torch.Tensor, N: torch.Tensor) -> torch.Tensor:
     """The inverse of world_from_tangent: unit c (K,3), z >= 0, with normalize(c.x T + c.y B + c.z N) = n."""
-    N = _unit(N)
-    B = w[:, None] * torch.cross(N, T, dim=-1)
-    # rows of the inverse of [T B N] (columns): (B x N, N x T, T x B) / det
-    r0 = torch.cross(B, N, dim=-1)
-    r1 = torch.cross(N, T, dim=-1)
-    r2 = torch.cross(T, B, dim=-1)
-    det = (T * r0).sum(-1, keepdim=True)
-    det = torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
-    c = torch.stack([(r0 * n).sum(-1), (r1 * n).sum(-1), (r2 * n).sum(-1)], -1) / det
-    c = _unit(c)
-    # a source normal facing away from the target's hemisphere cannot be stored: keep it at the horizon
-    c = torch.where(c[:, 2:3] < 0.02, _unit(torch.cat([c[:, :2], torch.full_like(c[:, :1], 0.02) * c[:, :2].norm(dim=-1, keepdim=True).clamp_min(1e-6)], -1)), c)
-    return c
+    return torch.stack(_tangent_from_world3(_rows(n), _rows(T), w, _rows(N)), 1)
 
 
 class NormalChannel(Channel):
@@ -136,8 +162,8 @@ class NormalChannel(Channel):
     def finalize(self, values, frame=None):
         if frame is None:
             raise ValueError("the normal channel needs the target's tangent frame")
-        c = tangent_from_world(_unit(values), frame.tangent, frame.sign, frame.normal)
-        return (c * 0.5 + 0.5).clamp(0.0, 1.0)
+        c = _tangent_from_world3(_unit3(_rows(values)), _rows(frame.tangent), frame.sign, _rows(frame.normal))
+        return torch.stack([(x * 0.5 + 0.5).clamp_(0.0, 1.0) for x in c], 1)
 
     @classmethod
     def gltf(cls, res, material, add_texture):
