@@ -39,6 +39,13 @@ class CpuStandIn:
             out.append(prim.reshape(res, res))
         return torch.as_tensor(np.stack(out)).long()
 
+    def rasterize(self, mvps, res):
+        """nvdiffrast's raster layout (V,H,W,4): triangle id + 1 in the last channel (the gather reads only that)."""
+        ids = self.rasterize_ids(mvps, res)
+        rast = torch.zeros(ids.shape + (4,))
+        rast[..., 3] = (ids + 1).float()
+        return rast
+
     def shade_points(self, fi, bary):
         return torch.as_tensor(shade(self.src, fi.numpy(), bary.numpy()))
 
