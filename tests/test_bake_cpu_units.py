@@ -139,3 +139,37 @@ def test_threaded_casts_equal_one_batch(monkeypatch):
     many = cpu.cast(scene, o, d, 10.0)
     for a, b in zip(one, many):
         assert np.array_equal(a, b)
+
+
+def test_texel_scatter_and_interp_match_the_plain_formulas():
+    import torch
+
+    from engine.bake.texel import texels_cpu
+
+    uv, f, S = list(_meshes())[-1]
+    tx = texels_cpu(uv, f[np.arange(len(f)) % 3 != 0], S)
+    g = torch.Generator().manual_seed(0)
+    vals = torch.rand(len(tx), 4, generator=g)
+    want = torch.empty((S, S, 4))
+    want[:] = torch.tensor((0.1, 0.2, 0.3, 0.4))
+    want[tx.mask] = vals
+    assert torch.equal(tx.scatter(vals, (0.1, 0.2, 0.3, 0.4)), want)
+    attr = torch.rand(len(uv), 3, generator=g)
+    assert torch.equal(tx.interp(attr), (tx.bary[..., None] * attr[tx.faces[tx.face]]).sum(1))
+    corners = torch.rand(len(f), 3, 2, generator=g)
+    assert torch.equal(tx.interp(corners), (tx.bary[..., None] * corners[tx.face]).sum(1))
+
+
+def test_single_thread_block_restores_torch_threads():
+    import torch
+
+    from engine.bake.threads import single_thread
+
+    before = torch.get_num_threads()
+    with single_thread("cpu"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with single_thread("cpu"):
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before

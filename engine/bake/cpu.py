@@ -66,6 +66,18 @@ def _pool():
     return _POOL
 
 
+_PREFETCH = None
+
+
+def _prefetch():
+    global _PREFETCH
+    if _PREFETCH is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _PREFETCH = ThreadPoolExecutor(1, thread_name_prefix="kiln-ray-batches")
+    return _PREFETCH
+
+
 def cast(scene, origins: np.ndarray, dirs: np.ndarray, dist: float | np.ndarray):
     """First hits: (prim (K,) int32 -1 on miss, bary (K,3) f32, t (K,) f32). Large batches run on all cores."""
     o = np.ascontiguousarray(origins, np.float32)
@@ -164,20 +176,34 @@ def transfer(scene, src, p, n, cage, progress=None, p_lo=0.0, p_hi=1.0, sample=N
 
         base = channel_class("base")(surface_for(src, "cpu"))
         sample = lambda f, b: base.sample(f, b)[:, :3]  # noqa: E731
+    from engine.bake.threads import single_thread
+
     K = len(p)
     out = None
     hit = np.zeros(K, bool)
-    for s in range(0, K, RAY_BATCH):
-        e = min(K, s + RAY_BATCH)
-        prim, bary = find_hits(scene, p[s:e], n[s:e], cage, None if origins is None else origins[s:e])
+    chunks = [(s, min(K, s + RAY_BATCH)) for s in range(0, K, RAY_BATCH)]
+
+    def hits(c):
+        s, e = c
+        return find_hits(scene, p[s:e], n[s:e], cage, None if origins is None else origins[s:e])
+
+    # the next batch's rays are cast (on the ray threads) while this batch's hits are sampled
+    ahead = _prefetch().submit(hits, chunks[0]) if chunks else None
+    for j, (s, e) in enumerate(chunks):
+        prim, bary = ahead.result()
+        ahead = _prefetch().submit(hits, chunks[j + 1]) if j + 1 < len(chunks) else None
         ok = prim >= 0
         if ok.any():
-            with torch.no_grad():
-                vals = sample(torch.as_tensor(prim[ok].astype(np.int64)), torch.as_tensor(bary[ok]))
+            every = bool(ok.all())
+            with torch.no_grad(), single_thread():
+                vals = sample(torch.as_tensor((prim if every else prim[ok]).astype(np.int64)), torch.as_tensor(bary if every else bary[ok]))
             vals = vals.numpy() if torch.is_tensor(vals) else np.asarray(vals)
             if out is None:
                 out = np.zeros((K, vals.shape[1]), np.float32)
-            out[s:e][ok] = vals
+            if every:
+                out[s:e] = vals
+            else:
+                out[s:e][ok] = vals
         hit[s:e] = ok
         if progress is not None:
             progress.update(p_lo + (p_hi - p_lo) * e / K, f"{e}/{K} texels")

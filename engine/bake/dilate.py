@@ -79,8 +79,11 @@ def _fill_cpu(col: np.ndarray, cov: np.ndarray, rounds: int) -> np.ndarray:
     out = np.ascontiguousarray(inner[..., :C])
     hole = done == 0
     if hole.any():
+        from engine.bake.threads import single_thread
+
         w = torch.as_tensor(done.astype(np.float32))[None, None]
-        pp = push_pull(torch.as_tensor(out).permute(2, 0, 1)[None], w)[0].permute(1, 2, 0).numpy()
+        with single_thread():
+            pp = push_pull(torch.as_tensor(out).permute(2, 0, 1)[None], w)[0].permute(1, 2, 0).numpy()
         out[hole] = pp[hole]
     out *= 255.0
     out += 0.5

@@ -237,7 +237,14 @@ def fit_texture(fine, fine_cov, k: int = 2, iters: int = 16, lam: float = 0.05, 
     """
     if k != 2:
         raise ValueError("the least-squares fit samples the source at 2x the texture resolution (supersample 2)")
+    from engine.bake.threads import single_thread
+
     fine = torch.as_tensor(fine, dtype=torch.float32)
+    with single_thread(fine.device):  # thousands of banded ops: see engine.bake.threads
+        return _fit(fine, fine_cov, k, iters, lam, tol, view, view_weight, cache)
+
+
+def _fit(fine, fine_cov, k, iters, lam, tol, view, view_weight, cache):
     fc = torch.as_tensor(fine_cov).to(fine.device, torch.bool)
     sysc = cache.get("coverage") if cache is not None else None
     if sysc is None or not sysc.matches(fc, k, lam):
