@@ -32,6 +32,8 @@ class Frame:
     sign: torch.Tensor  # (T,) +-1
 
     def subset(self, sel) -> "Frame":
+        if torch.is_tensor(sel) and sel.dtype == torch.bool and sel.numel() == self.sign.numel() and bool(sel.all()):
+            return self  # every texel hit (the usual case): no copies
         return Frame(self.normal[sel], self.tangent[sel], self.sign[sel])
 
 
