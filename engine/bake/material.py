@@ -131,6 +131,7 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
         results: dict[str, ChannelResult] = {}
         cov_S = None
         fit_total = 0.0
+        fit_cache: dict = {}  # the fit's coverage part, shared by the channels (same hits)
         fit_each: dict = {}
         for i, n in enumerate(names):
             ch = channels[n]
@@ -151,7 +152,7 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
                 from engine.bake.fit import fit_texture
 
                 view = observer.equations(n) if observer is not None and n in observer.slices else None
-                img, cov = fit_texture(img, cov, k, view=view)
+                img, cov = fit_texture(img, cov, k, view=view, cache=fit_cache)
             from engine.bake.dilate import fill_and_dilate
 
             sub.update(0.7, f"{n}: fill")
