@@ -130,6 +130,8 @@ class SourceSurface:
 
     def per_material(self, face: torch.Tensor, slot, fn):
         """Yield (material index, selection of hits) for materials whose ``slot(material)`` is set."""
+        if all(slot(m) is None for m in self.materials):
+            return  # (no per-hit material lookup)
         fm = self.face_mat[face]
         for mi, m in enumerate(self.materials):
             if slot(m) is None:

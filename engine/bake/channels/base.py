@@ -104,7 +104,8 @@ class BaseChannel(Channel):
     def sample(self, face, bary):
         s = self.surface
         fac = s.material_table("base_factor", lambda m: m.base_color_factor)
-        lin = fac[s.face_mat[face]].clone()  # (K,4) linear
+        one = len(s.materials) == 1  # one material: its row, no per-hit lookups
+        lin = fac[0].expand(face.shape[0], 4).clone() if one else fac[s.face_mat[face]].clone()  # (K,4) linear
 
         def apply(mi, m, sel):
             t = s.sample(m.base_ref, face[sel], bary[sel], srgb=True)
@@ -122,8 +123,11 @@ class BaseChannel(Channel):
             lin[:, :3] *= v[:, :3]
             if v.shape[1] > 3:
                 lin[:, 3] *= v[:, 3]
-        opaque = s.material_table("opaque", lambda m: [1.0 if m.alpha_mode == "OPAQUE" else 0.0])[s.face_mat[face], 0]
-        alpha = torch.where(opaque > 0, torch.ones_like(lin[:, 3]), lin[:, 3].clamp(0.0, 1.0))
+        if all(m.alpha_mode == "OPAQUE" for m in s.materials):
+            alpha = torch.ones_like(lin[:, 3])
+        else:
+            opaque = s.material_table("opaque", lambda m: [1.0 if m.alpha_mode == "OPAQUE" else 0.0])[s.face_mat[face], 0]
+            alpha = torch.where(opaque > 0, torch.ones_like(lin[:, 3]), lin[:, 3].clamp(0.0, 1.0))
         return torch.cat([linear_to_srgb_t(lin[:, :3]), alpha[:, None]], 1)
 
     @classmethod
