@@ -173,3 +173,22 @@ def test_single_thread_block_restores_torch_threads():
         with single_thread("cpu"):
             raise RuntimeError("inside")
     assert torch.get_num_threads() == before
+
+
+def test_scene_prepared_in_the_background_is_the_scene():
+    from engine.bake import cpu
+    from engine.mesh.source import SourceMesh
+    from tests.gltf_builder import uv_sphere
+
+    v, f = uv_sphere(20, 40)
+    a = SourceMesh(vertices=v.astype(np.float32), faces=f.astype(np.int32))
+    b = SourceMesh(vertices=v.astype(np.float32), faces=f.astype(np.int32))
+    cpu.prepare_scene(a)
+    cpu.prepare_scene(a)  # once
+    sa, sb = cpu.scene_for(a), cpu.scene_for(b)
+    assert cpu.scene_for(a) is sa and "pending" not in a.__dict__["_embree"]
+    rng = np.random.default_rng(1)
+    o = rng.normal(size=(1000, 3)).astype(np.float32) * 3
+    d = -o / np.linalg.norm(o, axis=1, keepdims=True)
+    for x, y in zip(cpu.cast(sa, o, d, 10.0), cpu.cast(sb, o, d, 10.0)):
+        assert np.array_equal(x, y)

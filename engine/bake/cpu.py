@@ -40,11 +40,22 @@ def _scene(src):
 
 
 def scene_for(src):
-    """The Embree scene of ``src``, built once per mesh object."""
+    """The Embree scene of ``src``, built once per mesh object (or taken from ``prepare_scene``'s build)."""
     cache = src.__dict__.setdefault("_embree", {})
     if "scene" not in cache:
-        cache["scene"] = _scene(src)
+        pending = cache.pop("pending", None)
+        cache["scene"] = pending.result() if pending is not None else _scene(src)
     return cache["scene"]
+
+
+def prepare_scene(src) -> None:
+    """Start building the Embree scene of ``src`` on a background thread (``scene_for`` waits for it).
+
+    The pipeline calls this as the UV unwrap starts: xatlas leaves the second core mostly idle, so the
+    build (~0.7 s for 327,680 faces, mostly holding the GIL) costs the unwrap ~0.25 s and the bake none."""
+    cache = src.__dict__.setdefault("_embree", {})
+    if "scene" not in cache and "pending" not in cache:
+        cache["pending"] = _prefetch().submit(_scene, src)
 
 
 _POOL = None
@@ -222,6 +233,10 @@ class CpuBackend(Backend):
 
     def texels(self, uv, faces, size):
         return texels_cpu(uv, faces, size, "cpu")
+
+    def prepare(self, src) -> None:
+        """Work for the bake of ``src`` that can start while the pipeline is still busy (its ray scene)."""
+        prepare_scene(src)
 
     def gather(self, surface, sample, P, N, tol, options, progress, origins=None):
         t0 = time.perf_counter()
