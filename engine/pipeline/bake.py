@@ -210,6 +210,7 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
         low_f, flipped = orient_outward(low_v, low_f)
         prog.end()
         prog.begin("unwrap", f"xatlas on {len(low_f)} faces")
+        getattr(be, "prepare", lambda s: None)(src)  # CPU: the source's ray scene is built meanwhile
         uv_v, uv_f, uv, _ = unwrap(low_v, low_f, texture_size=options.texture_size, padding=options.padding)
         prog.end()
         tgt = Target(uv_v, uv_f, uv)
