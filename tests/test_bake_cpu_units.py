@@ -192,3 +192,20 @@ def test_scene_prepared_in_the_background_is_the_scene():
     d = -o / np.linalg.norm(o, axis=1, keepdims=True)
     for x, y in zip(cpu.cast(sa, o, d, 10.0), cpu.cast(sb, o, d, 10.0)):
         assert np.array_equal(x, y)
+
+
+def test_backend_prepare_starts_the_scene_and_the_source_normals():
+    import torch
+
+    from engine.bake import cpu
+    from engine.bake.channels.normal import source_corner_normals
+    from engine.bake.surface import surface_for
+    from engine.mesh.source import SourceMesh
+    from tests.gltf_builder import uv_sphere
+
+    v, f = uv_sphere(16, 32)
+    src = SourceMesh(vertices=v.astype(np.float32), faces=f.astype(np.int32))
+    cpu.CpuBackend().prepare(src)
+    cpu.scene_for(src)  # waits for the background work
+    got = surface_for(src, "cpu")._cache["corner_normals"]
+    assert torch.equal(got, source_corner_normals(src))
