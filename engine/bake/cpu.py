@@ -9,7 +9,8 @@ the fill stage. The hit (source face + barycentrics) goes to the channels.
 
 The nearest hit takes one ray where the source lies inside the target and a
 second, short one where it lies outside (``find_hits``): ~1.6 rays per texel
-instead of two. Embree releases the GIL, so ray batches run on all cores.
+instead of two. Embree and torch's kernels release the GIL, so batches of
+texels (rays, then the channels at their hits) run on all cores.
 """
 
 from __future__ import annotations
@@ -85,6 +86,18 @@ def _pool():
 
         _POOL = ThreadPoolExecutor(_workers(), thread_name_prefix="kiln-rays")
     return _POOL
+
+
+_BATCHES = None
+
+
+def _batches():
+    global _BATCHES
+    if _BATCHES is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _BATCHES = ThreadPoolExecutor(_workers(), thread_name_prefix="kiln-bake-batches")
+    return _BATCHES
 
 
 _PREFETCH = None
@@ -200,38 +213,39 @@ def transfer(scene, src, p, n, cage, progress=None, p_lo=0.0, p_hi=1.0, sample=N
     from engine.bake.threads import single_thread
 
     K = len(p)
-    out = None
     hit = np.zeros(K, bool)
-    chunks = [(s, min(K, s + RAY_BATCH)) for s in range(0, K, RAY_BATCH)]
+    with torch.no_grad():  # one hit first: the channels' lazy tables are made here, not by two threads at once
+        c = sample(torch.zeros(1, dtype=torch.long), torch.full((1, 3), 1 / 3))
+    out = np.zeros((K, c.shape[1]), np.float32)
 
-    def hits(c):
-        s, e = c
-        return find_hits(scene, p[s:e], n[s:e], cage, None if origins is None else origins[s:e])
-
-    # the next batch's rays are cast (on the ray threads) while this batch's hits are sampled
-    ahead = _prefetch().submit(hits, chunks[0]) if chunks else None
-    for j, (s, e) in enumerate(chunks):
-        prim, bary = ahead.result()
-        ahead = _prefetch().submit(hits, chunks[j + 1]) if j + 1 < len(chunks) else None
+    def work(s, e):  # rays, then the channels at the hits, of one batch (batches on all cores)
+        prim, bary = find_hits(scene, p[s:e], n[s:e], cage, None if origins is None else origins[s:e])
         ok = prim >= 0
         if ok.any():
             every = bool(ok.all())
-            with torch.no_grad(), single_thread():
+            with torch.no_grad():
                 vals = sample(torch.as_tensor((prim if every else prim[ok]).astype(np.int64)), torch.as_tensor(bary if every else bary[ok]))
             vals = vals.numpy() if torch.is_tensor(vals) else np.asarray(vals)
-            if out is None:
-                out = np.zeros((K, vals.shape[1]), np.float32)
             if every:
                 out[s:e] = vals
             else:
                 out[s:e][ok] = vals
         hit[s:e] = ok
-        if progress is not None:
-            progress.update(p_lo + (p_hi - p_lo) * e / K, f"{e}/{K} texels")
-    if out is None:
-        with torch.no_grad():
-            c = sample(torch.zeros(1, dtype=torch.long), torch.full((1, 3), 1 / 3))
-        out = np.zeros((K, c.shape[1]), np.float32)
+
+    chunks = [(s, min(K, s + RAY_BATCH)) for s in range(0, K, RAY_BATCH)]
+    with single_thread():  # torch's ops one thread each: the batches are the parallel work
+        futures = [_batches().submit(work, s, e) for s, e in chunks]
+        try:
+            for (s, e), f in zip(chunks, futures):
+                f.result()
+                if progress is not None:
+                    progress.update(p_lo + (p_hi - p_lo) * e / K, f"{e}/{K} texels")
+        finally:
+            for f in futures:
+                f.cancel()
+            for f in futures:
+                if not f.cancelled():
+                    f.exception()  # wait: no batch outlives the call (nor the one-thread setting)
     return out, hit
 
 
