@@ -94,8 +94,9 @@ def corner_frame(vertices, faces, uv, texels=None, world_normals=None, hit=None,
 
 def texel_frame(texels, cn: np.ndarray, ct: np.ndarray) -> Frame:
     dev = texels.face.device
-    n = texels.interp(cn)
+    nt = texels.interp(np.concatenate([np.asarray(cn, np.float32), np.asarray(ct[..., :3], np.float32)], -1))  # one gather
+    n = nt[:, :3]
     n = n / n.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    t = texels.interp(ct[..., :3])
+    t = nt[:, 3:].contiguous()
     s = torch.as_tensor(ct[:, 0, 3], device=dev)[texels.face]
     return Frame(n, t, torch.where(s == 0, torch.ones_like(s), s))
