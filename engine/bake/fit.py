@@ -239,14 +239,13 @@ def fit_texture(fine, fine_cov, k: int = 2, iters: int = 16, lam: float = 0.05, 
     """
     if k != 2:
         raise ValueError("the least-squares fit samples the source at 2x the texture resolution (supersample 2)")
+    fine = torch.as_tensor(fine, dtype=torch.float32)
+    return _fit(fine, fine_cov, k, iters, lam, tol, view, view_weight, cache)
+
+
+def _fit(fine, fine_cov, k, iters, lam, tol, view, view_weight, cache):
     from engine.bake.threads import single_thread
 
-    fine = torch.as_tensor(fine, dtype=torch.float32)
-    with single_thread(fine.device) as threads:  # thousands of banded ops: see engine.bake.threads
-        return _fit(fine, fine_cov, k, iters, lam, tol, view, view_weight, cache, threads)
-
-
-def _fit(fine, fine_cov, k, iters, lam, tol, view, view_weight, cache, threads=1):
     fc = torch.as_tensor(fine_cov).to(fine.device, torch.bool)
     sysc = cache.get("coverage") if cache is not None else None
     if sysc is None or not sysc.matches(fc, k, lam):
@@ -272,51 +271,52 @@ def _fit(fine, fine_cov, k, iters, lam, tol, view, view_weight, cache, threads=1
             cov = cov | seen[0, 0]
     inv_diag = 1.0 / P[0, 1:-1, 1:-1]
 
-    N, C, H, Wd = t0.shape
-    tiles = _tiles(H, t0.device)
-    parts = threads if t0.device.type == "cpu" else 1  # bands of rows on as many Python threads
-    pp = torch.zeros((N, C, H + 2, Wd + 2), device=t0.device)  # the search direction, zero border
-    p = pp[..., 1:-1, 1:-1]
-    Ap = torch.empty((N, C, H, Wd), device=t0.device)
-    x = t0
-    z = torch.empty_like(x)
+    with single_thread(t0.device) as threads:  # the CG: thousands of banded ops, see engine.bake.threads
+        N, C, H, Wd = t0.shape
+        tiles = _tiles(H, t0.device)
+        parts = threads if t0.device.type == "cpu" else 1  # bands of rows on as many Python threads
+        pp = torch.zeros((N, C, H + 2, Wd + 2), device=t0.device)  # the search direction, zero border
+        p = pp[..., 1:-1, 1:-1]
+        Ap = torch.empty((N, C, H, Wd), device=t0.device)
+        x = t0
+        z = torch.empty_like(x)
 
-    def apply():  # Ap = A p -> <p, Ap>
-        return sum(run_split(lambda g: _apply_packed(P, pp, Ap, g), tiles, parts))
+        def apply():  # Ap = A p -> <p, Ap>
+            return sum(run_split(lambda g: _apply_packed(P, pp, Ap, g), tiles, parts))
 
-    def update(alpha):  # x += alpha p, r -= alpha Ap, z = r / diag -> <r, z>
-        def band(g):
-            dot = 0.0
-            for r0, r1 in g:
-                rs, zs = r[..., r0:r1, :], z[..., r0:r1, :]
-                x[..., r0:r1, :].add_(p[..., r0:r1, :], alpha=alpha)
-                rs.sub_(Ap[..., r0:r1, :], alpha=alpha)
-                torch.mul(rs, inv_diag[r0:r1], out=zs)
-                dot += float((rs * zs).sum())
-            return dot
+        def update(alpha):  # x += alpha p, r -= alpha Ap, z = r / diag -> <r, z>
+            def band(g):
+                dot = 0.0
+                for r0, r1 in g:
+                    rs, zs = r[..., r0:r1, :], z[..., r0:r1, :]
+                    x[..., r0:r1, :].add_(p[..., r0:r1, :], alpha=alpha)
+                    rs.sub_(Ap[..., r0:r1, :], alpha=alpha)
+                    torch.mul(rs, inv_diag[r0:r1], out=zs)
+                    dot += float((rs * zs).sum())
+                return dot
 
-        return sum(run_split(band, tiles, parts))
+            return sum(run_split(band, tiles, parts))
 
-    def direction(beta):  # p = z + beta p
-        def band(g):
-            for r0, r1 in g:
-                ps = p[..., r0:r1, :]
-                torch.add(z[..., r0:r1, :], ps, alpha=beta, out=ps)
+        def direction(beta):  # p = z + beta p
+            def band(g):
+                for r0, r1 in g:
+                    ps = p[..., r0:r1, :]
+                    torch.add(z[..., r0:r1, :], ps, alpha=beta, out=ps)
 
-        run_split(band, tiles, parts)
+            run_split(band, tiles, parts)
 
-    p.copy_(x)
-    apply()
-    r = b.sub_(Ap)
-    torch.mul(r, inv_diag, out=z)
-    p.copy_(z)
-    rz = float((r * z).sum())
-    stop = rz * tol * tol
-    for _ in range(iters):
-        if rz <= stop or rz < 1e-24:
-            break
-        alpha = rz / max(apply(), 1e-30)
-        rz_new = update(alpha)
-        direction(rz_new / rz)
-        rz = rz_new
+        p.copy_(x)
+        apply()
+        r = b.sub_(Ap)
+        torch.mul(r, inv_diag, out=z)
+        p.copy_(z)
+        rz = float((r * z).sum())
+        stop = rz * tol * tol
+        for _ in range(iters):
+            if rz <= stop or rz < 1e-24:
+                break
+            alpha = rz / max(apply(), 1e-30)
+            rz_new = update(alpha)
+            direction(rz_new / rz)
+            rz = rz_new
     return x[0].permute(1, 2, 0).clamp(0.0, 1.0), cov
