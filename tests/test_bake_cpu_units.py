@@ -209,3 +209,29 @@ def test_backend_prepare_starts_the_scene_and_the_source_normals():
     cpu.scene_for(src)  # waits for the background work
     got = surface_for(src, "cpu")._cache["corner_normals"]
     assert torch.equal(got, source_corner_normals(src))
+
+
+def test_thread_pools_work_in_a_forked_child():
+    """A child forked after a bake (multiprocessing's default on Linux) gets pools of its own, not the parent's
+    dead threads."""
+    import multiprocessing as mp
+
+    from engine.bake import cpu, threads
+
+    scene, v, f = _shell_scene()
+    o = np.zeros((300_000, 3), np.float32)
+    d = np.tile(np.float32([[0, 0, 1]]), (300_000, 1))
+    cpu.cast(scene, o, d, 10.0)  # the parent's pools exist
+    threads.run_split(lambda g: len(g), list(range(8)), 2)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+
+    def child():
+        prim, _, _ = cpu.cast(scene, o, d, 10.0)
+        q.put((int((prim >= 0).sum()), sum(threads.run_split(lambda g: len(g), list(range(8)), 2))))
+
+    p = ctx.Process(target=child)
+    p.start()
+    got = q.get(timeout=60)
+    p.join(30)
+    assert got == (300_000, 8)

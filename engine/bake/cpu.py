@@ -91,6 +91,15 @@ def _pool():
 _BATCHES = None
 
 
+def _after_fork() -> None:  # a forked child has none of the parent's pool threads: start new pools there
+    global _POOL, _BATCHES, _PREFETCH
+    _POOL = _BATCHES = _PREFETCH = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 def _batches():
     global _BATCHES
     if _BATCHES is None:

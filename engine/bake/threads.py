@@ -13,6 +13,7 @@ thread, which degrades gracefully under load.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 
 import torch
@@ -35,6 +36,15 @@ def single_thread(device="cpu"):
 
 
 _POOL = None
+
+
+def _after_fork() -> None:  # a forked child has none of the parent's pool threads
+    global _POOL
+    _POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def run_split(fn, items: list, parts: int) -> list:
