@@ -162,8 +162,22 @@ class NormalChannel(Channel):
     def finalize(self, values, frame=None):
         if frame is None:
             raise ValueError("the normal channel needs the target's tangent frame")
-        c = _tangent_from_world3(_unit3(_rows(values)), _rows(frame.tangent), frame.sign, _rows(frame.normal))
-        return torch.stack([(x * 0.5 + 0.5).clamp_(0.0, 1.0) for x in c], 1)
+        from engine.bake.threads import run_split, single_thread
+
+        K = values.shape[0]
+        out = torch.empty((K, 3), device=values.device, dtype=values.dtype)
+        cpu = values.device.type == "cpu"
+        step = 262_144 if cpu else max(K, 1)  # CPU: blocks that stay in cache, on all cores
+
+        def blocks(g):
+            for a in g:
+                b = min(K, a + step)
+                c = _tangent_from_world3(_unit3(_rows(values[a:b])), _rows(frame.tangent[a:b]), frame.sign[a:b], _rows(frame.normal[a:b]))
+                out[a:b] = torch.stack([(x * 0.5 + 0.5).clamp_(0.0, 1.0) for x in c], 1)
+
+        with single_thread(values.device) as threads:
+            run_split(blocks, list(range(0, K, step)), threads if cpu else 1)
+        return out
 
     @classmethod
     def gltf(cls, res, material, add_texture):
