@@ -396,6 +396,7 @@ class WorkerSlot(SupervisedSlot):
                     elif now >= cancel_deadline:
                         stage = job.stage
                         self._recycle(f"killed: job {job.id} did not stop within {cfg.cancel_grace:g} s of its cancel")
+                        _remove_scratch(jdir)  # the killed worker wrote it last: gone before the job is seen to end
                         sup.finish(
                             job,
                             "cancelled",
@@ -406,6 +407,7 @@ class WorkerSlot(SupervisedSlot):
                 if cfg.job_timeout and now - t0 > cfg.job_timeout:
                     stage = job.stage or "start"
                     self._recycle(f"killed: job {job.id} timed out")
+                    _remove_scratch(jdir)
                     sup.finish(
                         job,
                         "failed",

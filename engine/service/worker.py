@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 import uuid
+from typing import Optional
 
 from engine.io.safety import atomic_write
 from engine.service import messages as M
@@ -172,6 +173,9 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
     # $TMPDIR) goes under the job's own folder, so a killed worker leaves nothing outside the
     # data dir and the job's removal removes it.
     _use_scratch(msg.scratch)
+    # The job's last message is sent only after its scratch and partial result are gone: the
+    # service shows the job ended as soon as it reads that message.
+    final: Optional[M.Message] = None
     try:
         options = BakeOptions.from_dict(msg.options or {})
         progress("start", 0.0, "worker picked up the job")
@@ -215,18 +219,18 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
         os.replace(msg.partial, msg.output)
         atomic_write(msg.report, json.dumps(report, indent=1, default=str))
         timings = report.get("timings") if isinstance(report.get("timings"), dict) else {}
-        M.send(conn, M.Done(seq, M.plain(timings)))
+        final = M.Done(seq, M.plain(timings))
     except CancelledError as e:
-        M.send(conn, M.Cancelled(seq, str(state["stage"]), clean(e.message)))
+        final = M.Cancelled(seq, str(state["stage"]), clean(e.message))
     except KilnError as e:
         if isinstance(e, InputError):
             err = _error("bad_input", clean(e.message), clean(e.hint) if e.hint else None, reason=e.code)
         else:
             err = _error(e.code, clean(e.message), clean(e.hint) if e.hint else None)
-        M.send(conn, M.Failed(seq, M.plain(err), str(state["stage"])))
+        final = M.Failed(seq, M.plain(err), str(state["stage"]))
     except MemoryError:
         err = _error("out_of_memory", f"ran out of memory in stage '{state['stage']}'", "lower faces, texture_size or view_resolution, or run fewer workers")
-        M.send(conn, M.Failed(seq, err, str(state["stage"])))
+        final = M.Failed(seq, err, str(state["stage"]))
     except Exception as e:
         # The traceback goes to the service log only, under a short id the client gets instead.
         error_id = uuid.uuid4().hex[:12]
@@ -245,7 +249,7 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
                 f"this is probably a bug in Kiln; the details are in the service log under error id {error_id}",
             )
         err["error_id"] = error_id
-        M.send(conn, M.Failed(seq, M.plain(err), str(state["stage"])))
+        final = M.Failed(seq, M.plain(err), str(state["stage"]))
     finally:
         try:
             if os.path.exists(msg.partial):
@@ -253,6 +257,8 @@ def _run_job(conn, cancel_seq, msg: M.JobRequest) -> None:
         except OSError:
             pass
         shutil.rmtree(msg.scratch, ignore_errors=True)
+        if final is not None:
+            M.send(conn, final)
 
 
 def worker_main(conn, cancel_seq, slot: int, gpu_id, parent_pid: int) -> None:
