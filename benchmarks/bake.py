@@ -359,6 +359,7 @@ def section_main(args, src, figures):
             f"peak GPU {row['peak_gpu_gib']} GiB, peak RSS {row['peak_rss_gib']} GiB")
         log("   stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["stages"].items())
             + f"; fit per channel {row['fit_seconds_per_channel']}")
+        log("   bake stage: " + ", ".join(f"{k} {v}s" for k, v in row["bake_info"].items() if k.endswith("seconds")))
     warm = runs[1:] or runs
     best = min(warm, key=lambda r: r["whole_seconds"])
     figures["kiln_runs"] = runs
@@ -440,6 +441,7 @@ def section_big(args, figures):
     log(f"big: {len(big.faces):,} -> {row['faces_out']} faces at {args.big_texture_size}^2 in {row['whole_seconds']:.2f}s "
         f"(goal <= 6 s on the H200), peak GPU {row['peak_gpu_gib']} GiB, peak RSS {row['peak_rss_gib']} GiB")
     log("   stages: " + ", ".join(f"{k} {v:.3f}s" for k, v in row["stages"].items()))
+    log("   bake stage: " + ", ".join(f"{k} {v}s" for k, v in row["bake_info"].items() if k.endswith("seconds")))
 
 
 def section_pbr4k(args, figures):

@@ -574,11 +574,15 @@ def test_python_env_mismatches(tmp_path):
 
 
 def test_dependency_checks():
-    for cid, module, dist in C.DEPENDENCIES:
-        c = C.check_module(cid, module, dist)
+    for cid, module, dist, without in C.DEPENDENCIES:
+        c = C.check_module(cid, module, dist, without)
         assert c.status == "ok", c.detail
     missing = C.check_module("xatlas", "kiln_no_such_module_xyz", "kiln-no-such-dist")
     assert missing.status == "fail" and missing.fix == "pip install kiln-no-such-dist"
+    # an optional accelerator (meshoptimizer): missing is a warning that says what is lost
+    (_, _, dist, without), = [d for d in C.DEPENDENCIES if d[0] == "meshoptimizer"]
+    soft = C.check_module("meshoptimizer", "kiln_no_such_module_xyz", dist, without)
+    assert soft.status == "warn" and soft.fix.startswith("pip install meshoptimizer") and "fast-simplification alone" in soft.detail
 
 
 Usage = namedtuple("Usage", "total used free")
@@ -605,13 +609,13 @@ TOP_KEYS = {"schema", "kiln_version", "status", "checks"}
 CHECK_KEYS = {"id", "name", "status", "detail", "fix"}
 IDS = [
     "python", "python_env", "conda_run", "torch", "cuda", "torch_arch", "nvdiffrast", "nvdiffrast_ext",
-    "nvdiffrast_arch", "nvcc", "smoke", "xatlas", "fast_simplification", "embreex", "trimesh", "disk",
+    "nvdiffrast_arch", "nvcc", "smoke", "xatlas", "fast_simplification", "meshoptimizer", "embreex", "trimesh", "disk",
 ]
 
 
 def assert_schema(report: dict) -> None:
     assert set(report) == TOP_KEYS
-    assert report["schema"] == 1 and report["kiln_version"] == engine.__version__
+    assert report["schema"] == 2 and report["kiln_version"] == engine.__version__
     assert [c["id"] for c in report["checks"]] == IDS
     for c in report["checks"]:
         assert set(c) == CHECK_KEYS

@@ -112,6 +112,7 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
                 vals, hit, binfo = backend.gather(surface, chset.sample, P, N, cage, options, sub, origins=origins, **kw)
             vals, hit = vals.to(dev), hit.to(dev)
             info.update(binfo)
+            info["gather_seconds"] = binfo.get("seconds")  # the backend's part (its 'seconds' is the whole bake's below)
         else:
             vals = torch.zeros((len(texels), 0), device=dev)
             hit = torch.ones(len(texels), dtype=torch.bool, device=dev)

@@ -11,7 +11,7 @@ Library use (the service's GET /v1/doctor and the add-on's "Check engine"):
 
     from engine.doctor import run_checks, exit_code, format_text
     report = run_checks(data_dir=None, smoke=True, smoke_timeout=60)
-    report == {"schema": 1, "kiln_version": "...", "status": "ok|warn|fail",
+    report == {"schema": 2, "kiln_version": "...", "status": "ok|warn|fail",
                "checks": [{"id", "name", "status", "detail", "fix"}, ...]}
 """
 
@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional, Sequence
 
 from engine import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the meshoptimizer check
 EXIT_CODES = {"ok": 0, "warn": 1, "fail": 2}
 
 __all__ = ["run_checks", "exit_code", "format_text", "add_arguments", "run", "SCHEMA_VERSION", "CHECK_IDS"]
@@ -127,9 +127,9 @@ def run_checks(
     put(guarded("nvdiffrast_arch", c.check_nvdiffrast_arch, nv, full_run or probe_run, ti, env))
     put(guarded("smoke", _smoke_check, c, full_run, smoke, smoke_timeout, gpu, nv, ti, custom is not None))
 
-    step("dependencies", "checking xatlas, fast-simplification, embreex, trimesh")
-    for cid, module, dist in c.DEPENDENCIES:
-        put(guarded(cid, c.check_module, cid, module, dist))
+    step("dependencies", "checking " + ", ".join(d[2] for d in c.DEPENDENCIES))
+    for cid, module, dist, without in c.DEPENDENCIES:
+        put(guarded(cid, c.check_module, cid, module, dist, without))
 
     step("disk", "checking disk space")
     put(guarded("disk", c.check_disk, data_dir or c.default_data_dir(env)))
