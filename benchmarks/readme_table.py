@@ -53,8 +53,8 @@ def table(d: dict) -> str:
                    f"{d.get('first_job_over_warm')} (goal ≤ 1.5).")
     if d.get("pbr4k"):
         p = d["pbr4k"]
-        out.append(f"4-channel bake at {p.get('texture_size', 4096)}²: {_s(p.get('whole_seconds', p.get('wall')))}, peak GPU {_s(p.get('peak_gpu_gib'), 'GiB')}, "
-                   f"host RSS {_s(p.get('peak_rss_gib', p.get('peak_host_rss_gib')), 'GiB')}.")
+        out.append(f"4-channel bake at {p['texture_size']}²: {_s(p['whole_seconds'])}, peak GPU {_s(p.get('peak_gpu_gib'), 'GiB')}, "
+                   f"host RSS {_s(p.get('peak_rss_gib'), 'GiB')}.")
     return "\n".join(out)
 
 

@@ -559,7 +559,8 @@ DEPENDENCIES = (
     ("xatlas", "xatlas", "xatlas", None),
     ("fast_simplification", "fast_simplification", "fast-simplification", None),
     ("meshoptimizer", "meshoptimizer", "meshoptimizer",
-     "simplify runs on fast-simplification alone: 3-6x slower on large sources (its result lies a little closer to the source)"),
+     "simplify runs on fast-simplification alone: 3-6x slower on large sources (its result lies a little closer to the "
+     "source); meshoptimizer installs from an sdist (a C++ compiler, ~20 s)"),
     ("embreex", "embreex", "embreex", None),
     ("trimesh", "trimesh", "trimesh", None),
 )
@@ -572,8 +573,7 @@ def check_module(check_id: str, module: str, dist: str, without: Optional[str] =
     except Exception as e:  # noqa: BLE001
         detail = f"{module} does not import: {e.__class__.__name__}: {e}"
         if without:
-            return Check(check_id, WARN, f"{detail}; {without}",
-                         f"pip install {dist}" + (" (an sdist: needs a C++ compiler, ~20 s)" if dist == "meshoptimizer" else ""))
+            return Check(check_id, WARN, f"{detail}; {without}", f"pip install {dist}")
         return Check(check_id, FAIL, detail, f"pip install {dist}")
     try:
         v = importlib.metadata.version(dist)

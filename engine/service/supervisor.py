@@ -307,9 +307,11 @@ class WorkerSlot(SupervisedSlot):
             self.proc.join(10)
         self._forget()
 
-    def _recycle(self, reason: str) -> None:
-        """Kill the worker in the middle of a job (forced cancel, timeout); the loop starts a fresh one."""
+    def _recycle(self, reason: str, jdir: Path) -> None:
+        """Kill the worker in the middle of a job (forced cancel, timeout); the loop starts a fresh one.
+        The job's scratch (the killed worker wrote it last) goes before the caller marks the job ended."""
         self._kill()
+        _remove_scratch(jdir)
         self.restarts += 1
         self.last_exit = reason
 
@@ -395,8 +397,7 @@ class WorkerSlot(SupervisedSlot):
                         cancel_deadline = now + cfg.cancel_grace
                     elif now >= cancel_deadline:
                         stage = job.stage
-                        self._recycle(f"killed: job {job.id} did not stop within {cfg.cancel_grace:g} s of its cancel")
-                        _remove_scratch(jdir)  # the killed worker wrote it last: gone before the job is seen to end
+                        self._recycle(f"killed: job {job.id} did not stop within {cfg.cancel_grace:g} s of its cancel", jdir)
                         sup.finish(
                             job,
                             "cancelled",
@@ -406,8 +407,7 @@ class WorkerSlot(SupervisedSlot):
                         return
                 if cfg.job_timeout and now - t0 > cfg.job_timeout:
                     stage = job.stage or "start"
-                    self._recycle(f"killed: job {job.id} timed out")
-                    _remove_scratch(jdir)
+                    self._recycle(f"killed: job {job.id} timed out", jdir)
                     sup.finish(
                         job,
                         "failed",
