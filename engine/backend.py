@@ -36,6 +36,7 @@ class Backend:
     supports_splats: ClassVar[bool] = False  # gsplat view rendering (splat sources)
     renderer_name: ClassVar[str] = "?"  # what render_pairs uses (reports)
     licence_note: ClassVar[str] = ""
+    prepare_beside_simplify: ClassVar[bool] = False  # True: ``prepare`` starts before simplify, else as the unwrap starts
 
     def __init__(self, reason: str = ""):
         self.reason = reason
@@ -44,6 +45,11 @@ class Backend:
         return f"<{type(self).__name__} {self.name} ({self.reason})>"
 
     # -- operations ------------------------------------------------------------------------------
+    def prepare(self, src, options) -> None:
+        """Start the bake's work that needs only the source, in the background, while the pipeline makes
+        the target (before simplify where ``prepare_beside_simplify``, else as the unwrap starts; in target
+        mode once the source is valid); the bake's operations wait for it."""
+
     def texels(self, uv, faces, size: int):
         """Rasterise the target in UV space -> engine.bake.texel.TexelSet on this device."""
         raise NotImplementedError

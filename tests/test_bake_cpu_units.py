@@ -201,11 +201,12 @@ def test_backend_prepare_starts_the_scene_and_the_source_normals():
     from engine.bake.channels.normal import source_corner_normals
     from engine.bake.surface import surface_for
     from engine.mesh.source import SourceMesh
+    from engine.options import BakeOptions
     from tests.gltf_builder import uv_sphere
 
     v, f = uv_sphere(16, 32)
     src = SourceMesh(vertices=v.astype(np.float32), faces=f.astype(np.int32))
-    cpu.CpuBackend().prepare(src)
+    cpu.CpuBackend().prepare(src, BakeOptions())
     cpu.scene_for(src)  # waits for the background work
     got = surface_for(src, "cpu")._cache["corner_normals"]
     assert torch.equal(got, source_corner_normals(src))

@@ -17,6 +17,12 @@ For mesh sources the view only says which source triangle is in front; the
 hit on it goes to the bake channels (engine.bake.channels), which sample
 every material attribute exactly there (``gather_exact``). ``CudaBackend``
 is the strategy object engine.backend.resolve returns for ``cuda``.
+
+What needs only the source starts before the target exists (``CudaBackend.prepare``, called by
+the pipeline before simplify, run on engine.bake.threads.background while simplify and the
+unwrap keep the CPU busy): the upload, the source's shading normals, and its rasters and camera
+depths in the bake views (``PreparedViews``, up to ``AHEAD_BUDGET`` bytes, at most a quarter of
+the free GPU memory; views beyond that are rasterised in the gather as before).
 nvdiffrast is under NVIDIA's non-commercial Source Code License: the ``cpu``
 backend is the commercial-safe choice.
 """
@@ -81,6 +87,11 @@ def texel_geometry(vertices, faces, uv, S, device):
     P = ts.interp(np.asarray(vertices, np.float32))
     N = ts.interp(vertex_normals(vertices, faces))
     return ts.mask, P, N / N.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 MEM_BUDGET = 1.5e9  # bytes of GPU memory the gather's per-chunk tensors may take
@@ -181,14 +192,16 @@ class ViewObserver:
         self.tol = float(tol)
         self.seconds = 0.0
 
-    def __call__(self, mvp, R, t, rast_src, src: GpuMesh, res: int) -> None:
+    def __call__(self, mvp, R, t, rast_src, src: GpuMesh, res: int, depth_src=None) -> None:
         import nvdiffrast.torch as dr
 
         t0 = time.perf_counter()
         rast_t = self.mesh.rasterize(mvp, res)
         uv, _ = dr.interpolate(self.uv, rast_t, self.mesh.tri)
         both = (rast_src[..., 3] > 0) & (rast_t[..., 3] > 0)
-        near = (src.camera_depth(rast_src, R, t) - self.mesh.camera_depth(rast_t, R, t)).abs() <= self.tol
+        if depth_src is None:
+            depth_src = src.camera_depth(rast_src, R, t)
+        near = (depth_src - self.mesh.camera_depth(rast_t, R, t)).abs() <= self.tol
         m = both & near
         if bool(m.any()):
             r = rast_src[m]
@@ -250,7 +263,8 @@ def _gather_block(ids, P, N, R, t, intr, centers, res, pos, tri_all, tol, cos_po
     return ti[sel], cos_k[sel] ** cos_power, sample(tri_id[sel], bary)
 
 
-def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=None, chunk=None, sample=None, observer=None, block=None):
+def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=None, chunk=None, sample=None, observer=None, block=None,
+                 views=None):
     """Mesh sources: like ``gather`` but each texel's colour is shaded exactly on the source.
 
     The view only tells *which* source triangle is in front at the texel's
@@ -259,8 +273,9 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     is shaded at the exact hit (full source-texture resolution, no resampling
     of a rendered image). Hits farther than the cage from the texel along the
     ray are rejected (occluders, other parts). ``sample(face, bary)`` gives
-    the values at hits (default: the mesh's base colour). ``observer(mvp, R, t, rast, gm, res)`` is
+    the values at hits (default: the mesh's base colour). ``observer(mvp, R, t, rast, gm, res, depth)`` is
     called with each chunk's raster of the source (the view fit's observations, ViewObserver).
+    ``views``: the source's rasters rendered ahead (``PreparedViews``), used for the views they hold.
     Views are the outer loop (the source is rasterised once per view, however large the texture),
     texels in ``block``s the inner one (bounded memory).
     """
@@ -283,9 +298,10 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
         if progress is not None and s:
             progress.update(0.1 + 0.85 * s / len(cams), f"views {s}/{len(cams)}")
         mvp, R, t = mvp_all[s:e], R_all[s:e], t_all[s:e]
-        rast = gm.rasterize(mvp, res)
+        ahead = views.take(s, e) if views is not None else None
+        rast, depth = ahead if ahead is not None else (gm.rasterize(mvp, res), None)
         if observer is not None:
-            observer(mvp, R, t, rast, gm, res)
+            observer(mvp, R, t, rast, gm, res, depth)
         ids = (rast[..., 3].long() - 1).reshape(-1)  # (C*H*W,)
         for b0 in range(0, T, block):
             b1 = min(T, b0 + block)
@@ -305,24 +321,103 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     return acc, wsum
 
 
+def bake_cameras(src, options):
+    """The bake views of a source: ``options.views`` cameras on its bounding sphere."""
+    center, radius = bounding_sphere(src.vertices)
+    return sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
+
+
+AHEAD_BUDGET = 3.0e9  # bytes of GPU memory the views rendered ahead may take (and at most a quarter of what is free)
+_AHEAD_CHUNK = 4  # views rasterised per call while rendering ahead
+
+
+class PreparedViews:
+    """The source side of the bake views, rendered before the target exists (``CudaBackend.prepare``):
+    the source on the device (``GpuMesh``), and for the first ``n`` views -- as many as ``budget``
+    bytes hold (20 per pixel) -- nvdiffrast's raster (V,H,W,4) and the camera depth (V,H,W) the view
+    fit compares with the target's. The gather takes them chunk by chunk (``take``), releasing each as
+    it goes, and rasterises the views beyond ``n`` itself."""
+
+    def __init__(self, src, cams, device, budget: float):
+        t0 = time.perf_counter()
+        self.cams = cams
+        self.key = _views_key(cams)
+        self.gm = GpuMesh(src, device)
+        res = cams[0].width
+        self.n = int(max(0, min(len(cams), budget // (res * res * 20))))
+        self.rast: list = [None] * len(cams)
+        self.depth: list = [None] * len(cams)
+        mvp, R, t = cams_to_tensors(cams[: self.n], device) if self.n else (None, None, None)
+        for s in range(0, self.n, _AHEAD_CHUNK):
+            e = min(self.n, s + _AHEAD_CHUNK)
+            r = self.gm.rasterize(mvp[s:e], res)
+            d = self.gm.camera_depth(r, R[s:e], t[s:e])
+            self.rast[s:e] = list(r.unbind(0))
+            self.depth[s:e] = list(d.unbind(0))
+        _sync(device)
+        self.seconds = round(time.perf_counter() - t0, 4)
+
+    def take(self, s: int, e: int):
+        """(raster (C,H,W,4), depth (C,H,W)) of views s..e-1, released here; None unless all were rendered."""
+        if e > self.n or any(r is None for r in self.rast[s:e]):
+            return None
+        out = (torch.stack(self.rast[s:e]), torch.stack(self.depth[s:e]))
+        self.rast[s:e] = [None] * (e - s)
+        self.depth[s:e] = [None] * (e - s)
+        return out
+
+    @staticmethod
+    def take_from(src, cams, device) -> "PreparedViews | None":
+        """The views ``CudaBackend.prepare`` rendered for ``src`` (waiting for them), if they are these cameras' on this
+        device; None otherwise, or when rendering them failed (the gather then renders every view itself)."""
+        fut = src.__dict__.pop("_views_ahead", None)
+        if fut is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            views = fut.result()
+        except Exception:  # noqa: BLE001 -- only a head start (out of memory, say): the gather renders them
+            return None
+        if views.key != _views_key(cams) or views.gm.device != torch.device(device):
+            return None
+        views.waited = round(time.perf_counter() - t0, 4)
+        return views
+
+
+def ahead_budget(device) -> float:
+    """Bytes the views rendered ahead may take: AHEAD_BUDGET, and at most a quarter of the free GPU memory."""
+    if torch.device(device).type != "cuda":
+        return AHEAD_BUDGET
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return min(AHEAD_BUDGET, free / 4)
+
+
+def _views_key(cams) -> tuple:
+    return tuple((c.width, c.height, float(c.fx), float(c.cx), float(c.cy), tuple(np.round(c.center, 9))) for c in cams)
+
+
 def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, view_renderer=None, observer=None):
     """All views of a bake, in texel blocks under the memory budget -> (values (T,C), weight sum (T,), info).
 
     Mesh sources: ``sample(face, bary)`` at exact hits (gather_exact), and the view fit's ``observer``.
     Splat sources: ``view_renderer`` images (base colour only, RGB)."""
-    center, radius = bounding_sphere(src.vertices)
-    cams = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
+    cams = bake_cameras(src, options)
     T = int(P.shape[0])
     # texels in blocks so that at least 4 views of a block fit the memory budget (large textures)
     block = max(1, min(T, int(MEM_BUDGET // (160 * 4))))
     chunk = chunk_size(min(T, block), options.view_resolution, len(src.vertices))
     method = "cuda-nvdiffrast-texel-gather"
     exact = view_renderer is None
+    ahead = {}
     if exact:
         method += "-exact"
-        gm = GpuMesh(src, device)
-    if exact:
-        acc, wsum = gather_exact(gm, cams, P, N, tol, device, progress, chunk=chunk, sample=sample, observer=observer, block=block)
+        views = PreparedViews.take_from(src, cams, device)
+        gm = views.gm if views is not None else GpuMesh(src, device)
+        if views is not None:
+            # seconds: rendering them on the background thread; waited: how long the bake still waited for them
+            ahead = {"views_rendered_ahead": views.n, "views_ahead_seconds": views.seconds, "views_ahead_waited_seconds": views.waited}
+        acc, wsum = gather_exact(gm, cams, P, N, tol, device, progress, chunk=chunk, sample=sample, observer=observer, block=block,
+                                 views=views)
     else:
         acc = None
         wsum = torch.zeros((T,), device=device)
@@ -342,6 +437,7 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
         "texel_blocks": (T + block - 1) // block,
         "cos_power": COS_POWER,
         "depth_tolerance": tol,
+        **ahead,
     }
     return acc, wsum, info
 
@@ -352,9 +448,33 @@ class CudaBackend(Backend):
     device = "cuda"
     supports_splats = True
     licence_note = "nvdiffrast is under NVIDIA's non-commercial licence; use --device cpu for commercial work"
+    prepare_beside_simplify = True  # its head start is GPU work: the CPU stays with simplify and unwrap
 
     def texels(self, uv, faces, size):
         return texels_cuda(uv, faces, size, self.device)
+
+    def prepare(self, src, options) -> None:
+        """Start the source's side of the bake on the background thread, while simplify and unwrap keep
+        the CPU busy: its upload, its shading normals (the ``normal`` channel's, for a source without
+        normals) and its rasters in the bake views (``PreparedViews``, under a memory budget)."""
+        from engine.bake.surface import surface_for
+
+        surface = surface_for(src, self.device)
+        cams = bake_cameras(src, options)
+
+        def ahead():
+            if src.normals is None:
+                from engine.bake.channels.normal import source_corner_normals
+
+                surface.tensor("corner_normals", lambda: source_corner_normals(src, surface.device))
+            if src.vertex_color is not None:
+                surface.vertex_color()
+            return PreparedViews(src, cams, self.device, budget)
+
+        from engine.bake.threads import background
+
+        budget = ahead_budget(self.device)
+        src.__dict__["_views_ahead"] = background().submit(ahead)
 
     def view_observer(self, target, channels, size, tol):
         return ViewObserver(target, channels, size, tol, self.device)
@@ -366,18 +486,19 @@ class CudaBackend(Backend):
                                            view_renderer=view_renderer, observer=observer)
             hit = wsum > 0
             vals = torch.where(hit[:, None], acc / wsum.clamp_min(1e-12)[:, None], torch.zeros_like(acc))
-            torch.cuda.synchronize()
+            _sync(self.device)
         if origins is not None:
             info["cage_mesh"] = "not used by the view gather (views see the source directly); the cage distance still applies"
         if observer is not None:
             info["view_fit_observations"] = observer.system.observations
             info["view_fit_seconds"] = round(observer.seconds, 4)
         info["texels_hit"] = int(hit.sum())
-        info["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.device(self.device).type == "cuda":
+            info["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         info["seconds"] = round(time.perf_counter() - t0, 4)
         return vals, hit, info
 
     def render_pairs(self, src, res, cams, progress=None):
         from engine.render.nvdr import render_pair
 
-        return render_pair(src, res, cams)
+        return render_pair(src, res, cams, device=self.device)

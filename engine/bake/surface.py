@@ -15,6 +15,8 @@ what it reads.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -75,12 +77,18 @@ class SourceSurface:
         fm = src.face_material if src.face_material is not None else np.zeros(len(src.faces), np.int64)
         self.face_mat = torch.as_tensor(np.asarray(fm, np.int64), device=self.device)
         self._cache: dict = {}
+        self._lock = threading.RLock()  # a backend's prepare (engine.bake.threads.background) fills the cache too
 
     # --- generic helpers -------------------------------------------------------------------
     def tensor(self, key, make):
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        """The cached tensor ``key``, made once: a second thread asking while it is made waits for it."""
+        t = self._cache.get(key)
+        if t is not None:
+            return t
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = make()
+            return self._cache[key]
 
     def vertex_attr(self, name: str, array) -> torch.Tensor:
         return self.tensor(("v", name), lambda: torch.as_tensor(np.asarray(array, np.float32), device=self.device))
@@ -161,7 +169,11 @@ def surface_for(src: SourceMesh, device) -> SourceSurface:
     """The SourceSurface of ``src`` on ``device``, cached on the mesh object (renderers and checks shade
     the same mesh many times)."""
     key = str(torch.device(device))
-    cache = src.__dict__.setdefault("_surfaces", {})
-    if key not in cache:
-        cache[key] = SourceSurface(src, device)
-    return cache[key]
+    with _SURFACES_LOCK:  # the pipeline and a backend's prepare thread may ask at once
+        cache = src.__dict__.setdefault("_surfaces", {})
+        if key not in cache:
+            cache[key] = SourceSurface(src, device)
+        return cache[key]
+
+
+_SURFACES_LOCK = threading.Lock()

@@ -36,11 +36,12 @@ def single_thread(device="cpu"):
 
 
 _POOL = None
+_BACKGROUND = None
 
 
 def _after_fork() -> None:  # a forked child has none of the parent's pool threads
-    global _POOL
-    _POOL = None
+    global _POOL, _BACKGROUND
+    _POOL = _BACKGROUND = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -61,3 +62,15 @@ def run_split(fn, items: list, parts: int) -> list:
     k, m = divmod(len(items), parts)
     bounds = [i * k + min(i, m) for i in range(parts + 1)]
     return list(_POOL.map(fn, [items[bounds[i] : bounds[i + 1]] for i in range(parts)]))
+
+
+def background():
+    """The one-thread executor of work given a head start while the pipeline is busy elsewhere (a
+    backend's ``prepare``: the CPU's ray scene, the CUDA bake views); one thread, so two bakes' head
+    starts take turns instead of competing with the stages they overlap."""
+    global _BACKGROUND
+    if _BACKGROUND is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _BACKGROUND = ThreadPoolExecutor(1, thread_name_prefix="kiln-prepare")
+    return _BACKGROUND

@@ -198,6 +198,9 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
             hint="run on a machine with an NVIDIA GPU, torch with CUDA, nvdiffrast and gsplat (see `kiln doctor`)",
             code="cuda_unavailable",
         )
+    prepare_now = splats is None and (target is not None or be.prepare_beside_simplify)
+    if prepare_now:
+        be.prepare(src, options)  # the source's side of the bake starts now, beside simplify and unwrap
     tinfo: dict = {}
     if target is not None:
         tgt, tinfo = _prepare_target(target, cage, options, options.texture_size, options.padding)
@@ -210,7 +213,8 @@ def bake_mesh(src, output, options: BakeOptions, prog: Progress, source_name: st
         low_f, flipped = orient_outward(low_v, low_f)
         prog.end()
         prog.begin("unwrap", f"xatlas on {len(low_f)} faces")
-        getattr(be, "prepare", lambda s: None)(src)  # CPU: the source's ray scene is built meanwhile
+        if splats is None and not prepare_now:
+            be.prepare(src, options)  # (the CPU's: beside simplify it slows simplify down more than it gains)
         uv_v, uv_f, uv, _ = unwrap(low_v, low_f, texture_size=options.texture_size, padding=options.padding)
         prog.end()
         tgt = Target(uv_v, uv_f, uv)

@@ -1,0 +1,99 @@
+"""The CUDA backend's whole bake (engine.bake.cuda) run in torch on the CPU, nvdiffrast replaced by a
+stand-in (tests/fake_nvdiffrast.py): what it renders ahead while the pipeline simplifies and unwraps
+(``CudaBackend.prepare``) must change no texel, whether it holds every view, some or none."""
+
+import numpy as np
+import pytest
+
+from engine import backend as backend_mod
+from engine.options import BakeOptions
+from engine.pipeline import bake
+from engine.samples import pebble
+
+from tests import fake_nvdiffrast
+
+
+@pytest.fixture
+def cuda_on_cpu(monkeypatch):
+    fake_nvdiffrast.install(monkeypatch)
+    from engine.bake import cuda
+
+    class CudaOnCpu(cuda.CudaBackend):
+        device = "cpu"
+
+    real = backend_mod.resolve
+    monkeypatch.setattr(backend_mod, "resolve", lambda device: real("cpu") if device == "cpu" else CudaOnCpu("test: nvdiffrast stand-in"))
+    return cuda
+
+
+OPTS = BakeOptions(faces=600, texture_size=64, views=10, view_resolution=96, device="cuda")
+
+
+def _maps(res):
+    return {n: r.image for n, r in res.maps.items() if r.image is not None}
+
+
+def test_views_rendered_ahead_change_nothing(cuda_on_cpu, monkeypatch):
+    src = pebble(3)
+    ahead = bake(src, None, OPTS)
+    info = ahead.report["bake"]
+    assert info["method"] == "cuda-nvdiffrast-texel-gather-exact"
+    assert info["views_rendered_ahead"] == 10  # all of them: well under the budget
+    assert info["view_fit_observations"] > 0
+    assert set(_maps(ahead)) == {"base", "normal"}
+
+    # a budget for 4 of the 10 views: those come from the head start, the gather renders the rest
+    monkeypatch.setattr(cuda_on_cpu, "AHEAD_BUDGET", 4.5 * 96 * 96 * 20)
+    part = bake(src, None, OPTS)
+    assert part.report["bake"]["views_rendered_ahead"] == 4
+    # no head start at all
+    monkeypatch.setattr(cuda_on_cpu.CudaBackend, "prepare", lambda self, src, options: None)
+    none = bake(src, None, OPTS)
+    assert "views_rendered_ahead" not in none.report["bake"]
+    for name, img in _maps(none).items():
+        np.testing.assert_array_equal(_maps(ahead)[name], img, err_msg=name)
+        np.testing.assert_array_equal(_maps(part)[name], img, err_msg=name)
+    assert none.report["bake"]["view_fit_observations"] == info["view_fit_observations"]
+
+
+def test_a_failed_head_start_only_costs_time(cuda_on_cpu, monkeypatch):
+    src = pebble(3)
+    want = _maps(bake(src, None, OPTS))
+
+    def fail(*a, **k):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(cuda_on_cpu.PreparedViews, "__init__", fail)
+    res = bake(src, None, OPTS)
+    assert "views_rendered_ahead" not in res.report["bake"]
+    for name, img in _maps(res).items():
+        np.testing.assert_array_equal(want[name], img, err_msg=name)
+
+
+def test_views_of_other_cameras_are_not_used(cuda_on_cpu):
+    from engine.bake.cuda import PreparedViews, bake_cameras
+
+    src = pebble(2)
+    be = backend_mod.resolve("cuda")
+    be.prepare(src, OPTS)
+    other = BakeOptions(views=12, view_resolution=96)
+    assert PreparedViews.take_from(src, bake_cameras(src, other), "cpu") is None
+    assert "_views_ahead" not in src.__dict__  # taken (and dropped): nothing stays on the device
+
+
+def test_cuda_path_on_cpu_matches_the_cpu_backend(cuda_on_cpu):
+    """The two backends find hits differently (views and the rasteriser's triangle ids vs rays along the
+    normal) but bake the same surface: held-out PSNR within 1 dB, base colours within a few 8-bit steps."""
+    import dataclasses
+
+    src = pebble(4)
+    opts = BakeOptions(faces=1000, texture_size=128, views=24, view_resolution=128, device="cuda", evaluate=True)
+    via_cuda = bake(src, None, opts)
+    via_cpu = bake(src, None, dataclasses.replace(opts, device="cpu"))
+    assert (via_cuda.report["backend"], via_cpu.report["backend"]) == ("cuda", "cpu")
+    assert via_cuda.report["psnr"] > via_cpu.report["psnr"] - 1.0
+    assert via_cuda.report["psnr"] > 28.0
+    a, b = via_cuda.maps["base"].image.astype(float), via_cpu.maps["base"].image.astype(float)
+    both = via_cuda.coverage & via_cpu.coverage
+    assert both.mean() > 0.4
+    assert np.abs(a - b)[both].mean() < 4.0
