@@ -46,7 +46,7 @@ import torch
 from engine.backend import Backend
 from engine.bake.texel import TexelSet, vertex_normals
 from engine.render.cameras import BAKE_OFFSET, bounding_sphere, sphere_cameras
-from engine.render.nvdr import GpuMesh, _f32, _i32, cams_to_tensors, context
+from engine.render.nvdr import GpuMesh, _f32, _i32, cams_to_tensors, rasterize
 
 COS_POWER = 4.0  # view weight cos(angle)^4; 8 and 16 measured no better on the benchmark
 TEXEL_VIEW_STRIDE = 2  # the texel gather takes every 2nd bake view (the others: only texels those miss) ...
@@ -56,13 +56,10 @@ TEXEL_VIEWS_MIN = 50  # ... when that leaves at least this many; the view fit ta
 def texels_cuda(uv, faces, S, device) -> TexelSet:
     """The target rasterised in UV space by nvdiffrast, plus the ring of texels just outside each chart
     (extrapolated barycentrics on the neighbouring triangle's plane, see engine.bake.texel.edge_ring)."""
-    import nvdiffrast.torch as dr
-
-    ctx = context(device)
     uvt = _f32(uv, device)
     clip = torch.cat([uvt * 2 - 1, torch.zeros_like(uvt[:, :1]), torch.ones_like(uvt[:, :1])], 1)[None].contiguous()
     tri = _i32(faces, device)
-    rast, _ = dr.rasterize(ctx, clip, tri, resolution=[S, S])
+    rast = rasterize(device, clip, tri, S)
     r = rast[0]
     ids = r[..., 3]
     inside = ids > 0
@@ -311,19 +308,22 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     stride = max(1, int(stride))
     first = list(range(0, V, stride))
     rest = [i for i in range(V) if i % stride]
+    order_all = first + rest
+    perm = torch.as_tensor(order_all, device=device)  # one transfer (one per chunk would wait for the GPU each time)
     done = 0
-    for part, order in enumerate((first, rest)):
+    for part, (p0, p1) in enumerate(((0, len(first)), (len(first), V))):
         texels = None  # all of them
-        if part == 1 and order:
+        if part == 1 and p1 > p0:
             texels = torch.nonzero(wsum <= 0, as_tuple=True)[0]  # the texels the first views missed
             if stats is not None:
                 stats["texels_from_other_views"] = int(texels.numel())
-        for s in range(0, len(order), chunk):
-            idx_list = order[s : s + chunk]
+        for s in range(p0, p1, chunk):
+            e = min(p1, s + chunk)
+            idx_list = order_all[s:e]
             if progress is not None and done:
                 progress.update(0.1 + 0.85 * done / V, f"views {done}/{V}")
             done += len(idx_list)
-            idx = torch.as_tensor(idx_list, device=device)
+            idx = perm[s:e]
             mvp, R, t, intr, centers = mvp_all[idx], R_all[idx], t_all[idx], intr_all[idx], centers_all[idx]
             ahead = views.take(idx_list) if views is not None else None
             rast, depth = ahead if ahead is not None else (gm.rasterize(mvp, res), None)

@@ -8,6 +8,8 @@ skipped silently, which validation rules out before we get here).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -26,15 +28,27 @@ from engine.bake.surface import linear_to_srgb_t, srgb_to_linear_t  # noqa: E402
 
 
 _CTX: dict = {}
+_RASTER_LOCK = threading.RLock()  # one context per device, used from the bake and its prepare thread (engine.bake.cuda)
 
 
 def context(device="cuda"):
     import nvdiffrast.torch as dr
 
     key = str(device)
-    if key not in _CTX:
-        _CTX[key] = dr.RasterizeCudaContext(device=device)
-    return _CTX[key]
+    with _RASTER_LOCK:
+        if key not in _CTX:
+            _CTX[key] = dr.RasterizeCudaContext(device=device)
+        return _CTX[key]
+
+
+def rasterize(device, clip: torch.Tensor, tri: torch.Tensor, resolution: int) -> torch.Tensor:
+    """nvdiffrast's rasterize on the device's shared context -> raster (V,H,W,4). A context is not safe
+    to use from two threads at once (its buffers are resized per call): calls take turns here."""
+    import nvdiffrast.torch as dr
+
+    with _RASTER_LOCK:
+        rast, _ = dr.rasterize(context(device), clip, tri, resolution=[resolution, resolution])
+    return rast
 
 
 class GpuMesh:
@@ -77,8 +91,7 @@ class GpuMesh:
         """nvdiffrast's raster output (V,H,W,4): barycentrics u, v (weights of corners 0, 1), z/w, triangle id + 1."""
         import nvdiffrast.torch as dr
 
-        rast, _ = dr.rasterize(context(self.device), self.clip(mvps), self.tri, resolution=[resolution, resolution])
-        return rast
+        return rasterize(self.device, self.clip(mvps), self.tri, resolution)
 
     def rasterize_ids(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
         """Triangle id per pixel (V,H,W) int64, -1 where empty."""
@@ -93,11 +106,7 @@ class GpuMesh:
         return torch.where(rast[..., 3] > 0, depth[..., 0], torch.full_like(depth[..., 0], float("inf")))
 
     def render(self, mvps: torch.Tensor, resolution: int, want_depth: bool = False, views_R=None, views_t=None):
-        import nvdiffrast.torch as dr
-
-        ctx = context(self.device)
-        clip = self.clip(mvps)
-        rast, _ = dr.rasterize(ctx, clip, self.tri, resolution=[resolution, resolution])
+        rast = self.rasterize(mvps, resolution)
         col, mask = self.shade(rast)
         depth = self.camera_depth(rast, views_R, views_t) if want_depth else None
         return col, mask, depth
