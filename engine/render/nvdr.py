@@ -42,8 +42,8 @@ def context(device="cuda"):
 
 
 def rasterize(device, clip: torch.Tensor, tri: torch.Tensor, resolution: int) -> torch.Tensor:
-    """nvdiffrast's rasterize on the device's shared context -> raster (V,H,W,4). A context is not safe
-    to use from two threads at once (its buffers are resized per call): calls take turns here."""
+    """nvdiffrast's rasterize on the device's shared context -> raster (V,H,W,4). The context holds the
+    rasteriser's working buffers, so the bake and its prepare thread (engine.bake.cuda) take turns here."""
     import nvdiffrast.torch as dr
 
     with _RASTER_LOCK:
@@ -89,8 +89,6 @@ class GpuMesh:
 
     def rasterize(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
         """nvdiffrast's raster output (V,H,W,4): barycentrics u, v (weights of corners 0, 1), z/w, triangle id + 1."""
-        import nvdiffrast.torch as dr
-
         return rasterize(self.device, self.clip(mvps), self.tri, resolution)
 
     def rasterize_ids(self, mvps: torch.Tensor, resolution: int) -> torch.Tensor:
