@@ -286,7 +286,8 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     ``views``: the source's rasters rendered ahead (``PreparedViews``), used for the views they hold.
     ``stride``: every texel is gathered from every ``stride``-th view (an evenly spread subset of the
     spiral); the other views then gather only the texels none of those hit (seen from few directions)
-    and still feed the observer (``stats``, when given, gets how many texels that was).
+    and still feed the observer (``stats``, when given, gets how many views the first set has and how many
+    texels the others gathered).
     Views are the outer loop (the source is rasterised once per view, however large the texture),
     texels in ``block``s the inner one (bounded memory).
     """
@@ -308,6 +309,8 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     stride = max(1, int(stride))
     first = list(range(0, V, stride))
     rest = [i for i in range(V) if i % stride]
+    if stats is not None:
+        stats["texel_views"] = len(first)
     order_all = first + rest
     perm = torch.as_tensor(order_all, device=device)  # one transfer (one per chunk would wait for the GPU each time)
     done = 0
@@ -374,7 +377,6 @@ class PreparedViews:
 
     def __init__(self, src, cams, device, budget: float):
         t0 = time.perf_counter()
-        self.cams = cams
         self.key = _views_key(cams)
         self.gm = GpuMesh(src, device)
         res = cams[0].width
@@ -451,7 +453,7 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
             # seconds: rendering them on the background thread; waited: how long the bake still waited for them
             ahead = {"views_rendered_ahead": views.n, "views_ahead_seconds": views.seconds, "views_ahead_waited_seconds": views.waited}
         stride = TEXEL_VIEW_STRIDE if len(cams) // TEXEL_VIEW_STRIDE >= TEXEL_VIEWS_MIN else 1
-        stats = {"texel_views": len(range(0, len(cams), stride))}
+        stats: dict = {}
         acc, wsum = gather_exact(gm, cams, P, N, tol, device, progress, chunk=chunk, sample=sample, observer=observer, block=block,
                                  views=views, stride=stride, stats=stats)
         ahead.update(stats)
@@ -498,6 +500,7 @@ class CudaBackend(Backend):
 
         surface = surface_for(src, self.device)
         cams = bake_cameras(src, options)
+        budget = ahead_budget(self.device)
 
         def ahead():
             if src.normals is None:
@@ -510,7 +513,6 @@ class CudaBackend(Backend):
 
         from engine.bake.threads import background
 
-        budget = ahead_budget(self.device)
         src.__dict__["_views_ahead"] = background().submit(ahead)
 
     def view_observer(self, target, channels, size, tol):
