@@ -217,3 +217,23 @@ def test_meshoptimizer_releases_the_gil():
         return ticks / (time.perf_counter() - t0)
 
     assert rate(mo) > 2 * rate(fs)
+
+
+@needs_meshopt
+def test_finishing_pass_that_opens_a_closed_mesh_is_retried_gently(monkeypatch):
+    """A finishing pass that leaves a closed input open is run again from meshoptimizer's result at
+    SAFE_AGGRESSION, not from the whole source."""
+    src = pebble(5)
+    real = S._quadric_passes
+    calls = []
+
+    def spy(v, f, target, aggression, progress=None):
+        calls.append((len(f), aggression))
+        lv, lf = real(v, f, target, aggression, progress)
+        return (lv, lf[1:]) if aggression > S.SAFE_AGGRESSION else (lv, lf)  # the aggressive pass tears a hole
+
+    monkeypatch.setattr(S, "_quadric_passes", spy)
+    lv, lf = simplify(src.vertices, src.faces, 1000, aggression=8)
+    assert is_closed(lf) and len(lf) <= 1050
+    assert [a for _, a in calls] == [8, S.SAFE_AGGRESSION]
+    assert calls[0][0] == calls[1][0] < len(src.faces)  # both from meshoptimizer's result
