@@ -94,13 +94,12 @@ class SourceSurface:
         return self.tensor(("v", name), lambda: torch.as_tensor(np.asarray(array, np.float32), device=self.device))
 
     def interp(self, attr: torch.Tensor, face: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
-        """Per-vertex (N,C) or per-corner (F,3,C) attribute at hits -> (K,C) (batched dot products: the floats
-        of ``(bary[..., None] * values).sum(1)`` without the (K,3,C) product)."""
-        if attr.dim() == 3:
-            from engine.bake.texel import corner_interp
+        """Per-vertex (N,C) or per-corner (F,3,C) attribute at hits -> (K,C) (``texel.bary_combine``)."""
+        from engine.bake.texel import bary_combine, corner_interp
 
+        if attr.dim() == 3:
             return corner_interp(attr, face, bary)
-        return torch.einsum("kj,kjc->kc", bary, attr[torch.index_select(self.faces, 0, face)])
+        return bary_combine(bary, attr[torch.index_select(self.faces, 0, face)])
 
     def material_table(self, name: str, fn) -> torch.Tensor:
         """Per-material constants (M, C) from fn(material) -> sequence of floats."""

@@ -151,16 +151,28 @@ def edge_ring(tri_img: np.ndarray, uv: np.ndarray, faces: np.ndarray):
     return rr[ok], cc[ok], t[ok], bary[ok].astype(np.float32)
 
 
-def corner_interp(corners, face, bary):
-    """Per-corner values (F,3,C) at points (face (K,), barycentrics (K,3)) -> (K,C), torch.
+def bary_combine(bary, rows):
+    """Barycentric combination of three values per point: bary (K,3), rows (K,3,C) -> (K,C), torch.
 
-    The same floats as ``(bary[..., None] * corners[face]).sum(1)`` without its (K,3,C) product: one row
-    gather of the face table, then a batched dot product (~5x faster on 2.4M texels)."""
+    Products added one after another: the same floats as ``(bary[..., None] * rows).sum(1)`` without its
+    (K,3,C) product. Not ``einsum("kj,kjc->kc")``: on CUDA that becomes a batched matrix product of K 1x3 by
+    3xC matrices, which cuBLAS runs as batched matrix-vector kernels (an H100 profile of a warm bake: 186 ms
+    of GPU time in 2,198 of them, half of the GPU's work); this is five elementwise kernels. On the CPU it
+    is also faster than the einsum (43 vs 55 ms for 2.4M points, 2 cores)."""
+    out = rows[:, 0] * bary[:, 0:1]
+    out += rows[:, 1] * bary[:, 1:2]
+    out += rows[:, 2] * bary[:, 2:3]
+    return out
+
+
+def corner_interp(corners, face, bary):
+    """Per-corner values (F,3,C) at points (face (K,), barycentrics (K,3)) -> (K,C), torch: one row gather
+    of the face table, then ``bary_combine``."""
     import torch
 
     F_, _, C = corners.shape
     rows = torch.index_select(corners.reshape(F_, 3 * C), 0, face).view(-1, 3, C)
-    return torch.einsum("kj,kjc->kc", bary, rows)
+    return bary_combine(bary, rows)
 
 
 class TexelSet:
