@@ -145,3 +145,55 @@ def test_texel_gather_view_count(cuda_on_cpu):
         info = bake(src, None, BakeOptions(faces=200, texture_size=64, views=views, view_resolution=64, device="cuda")).report["bake"]
         assert (info["views"], info["texel_views"]) == (views, texel_views)
         assert info["texels_missed"] == 0
+
+
+def test_chunk_budget_follows_free_gpu_memory(monkeypatch):
+    """Views a chunk: an eighth of the free GPU memory, between MEM_BUDGET and CHUNK_BUDGET_MAX (a small
+    card keeps small chunks; the CPU, MEM_BUDGET)."""
+    import torch
+
+    from engine.bake import cuda
+
+    assert cuda.chunk_budget("cpu") == cuda.MEM_BUDGET
+    for free, want in ((4e9, cuda.MEM_BUDGET), (24e9, 3e9), (140e9, cuda.CHUNK_BUDGET_MAX)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, free=free: (int(free), int(2 * free)))
+        assert cuda.chunk_budget("cuda") == pytest.approx(want)
+    # 1024^2 views, 2.3M texels (a 1024^2 texture supersampled): 3 views a chunk at the least budget, 14 at the most
+    assert cuda.chunk_size(2_300_000, 1024, 0, cuda.MEM_BUDGET) == 3
+    assert cuda.chunk_size(2_300_000, 1024, 0, cuda.CHUNK_BUDGET_MAX) == 14
+
+
+def test_other_views_go_in_chunks_sized_for_their_texels(cuda_on_cpu, monkeypatch):
+    """The views after the texel gather's every-2nd only see the texels those missed (few): with a budget,
+    their chunks are sized for those texels -- larger -- and the texture is the one fixed chunks give."""
+    import torch
+
+    from engine.bake.cuda import chunk_size, gather_exact
+    from engine.bake.texel import rasterize_uv, vertex_normals
+    from engine.mesh.simplify import simplify
+    from engine.render.cameras import bounding_sphere, sphere_cameras
+    from engine.render.nvdr import GpuMesh
+    from engine.uv.unwrap import unwrap
+
+    src = pebble(3)
+    lv, lf = simplify(src.vertices, src.faces, 300)
+    v, f, uv, _ = unwrap(lv, lf, 64, 2)
+    tri, bary = rasterize_uv(uv, f, 64)
+    m = tri >= 0
+    P = np.einsum("kj,kjc->kc", bary[m], v[f[tri[m]]])
+    N = np.einsum("kj,kjc->kc", bary[m], vertex_normals(v, f)[f[tri[m]]])
+    N /= np.linalg.norm(N, axis=1, keepdims=True)
+    c, r = bounding_sphere(src.vertices)
+    cams = sphere_cameras(c, r, 16, 64)
+    gm = GpuMesh(src, "cpu")
+    P, N = torch.as_tensor(P, dtype=torch.float32), torch.as_tensor(N, dtype=torch.float32)
+    budget = 2.2 * (64 * 64 * 48 + len(P) * 160)  # two views of every texel a chunk (chunk_size's estimate)
+    assert chunk_size(len(P), 64, 0, budget) == 2
+    fixed, sized = {}, {}
+    a1, w1 = gather_exact(gm, cams, P, N, 0.05, "cpu", chunk=2, stride=2, stats=fixed)
+    a2, w2 = gather_exact(gm, cams, P, N, 0.05, "cpu", chunk=2, stride=2, stats=sized, budget=budget)
+    assert "view_chunk_other_views" not in fixed
+    assert sized["texels_from_other_views"] < len(P) / 4
+    assert sized["view_chunk_other_views"] > 2
+    assert torch.equal(w1 > 0, w2 > 0)
+    torch.testing.assert_close(a1, a2, rtol=1e-5, atol=1e-5)

@@ -102,7 +102,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-MEM_BUDGET = 1.5e9  # bytes of GPU memory the gather's per-chunk tensors may take
+MEM_BUDGET = 1.5e9  # bytes of GPU memory a texel block's tensors may take; the least a chunk of views may take
+CHUNK_BUDGET_MAX = 6.0e9  # the most a chunk of views may take (``chunk_budget``)
 
 
 class _SubProgress:
@@ -120,6 +121,17 @@ def chunk_size(n_texels: int, res: int, n_src_verts: int, budget_bytes: float = 
     # per view in a chunk: the rendered image (rast/ids/depth) and ~10 (T, 3) float tensors of the texel projection
     per_view = res * res * 4 * 12 + n_texels * 160 + n_src_verts * 16
     return int(max(1, min(16, budget_bytes // max(per_view, 1))))
+
+
+def chunk_budget(device) -> float:
+    """Bytes of GPU memory the gather's per-chunk tensors may take: an eighth of the free memory, at least
+    MEM_BUDGET and at most CHUNK_BUDGET_MAX. More views a chunk means fewer kernel launches and host
+    syncs (the warm bake is bound by those, not by the GPU's work: an H200 profile had the GPU busy 180 ms
+    of a 1.35 s bake); a small card keeps small chunks."""
+    if torch.device(device).type != "cuda":
+        return MEM_BUDGET
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return float(min(CHUNK_BUDGET_MAX, max(MEM_BUDGET, free / 8)))
 
 
 def mesh_view_renderer(src, device):
@@ -272,7 +284,7 @@ def _gather_block(ids, P, N, R, t, intr, centers, res, pos, tri_all, tol, cos_po
 
 
 def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=None, chunk=None, sample=None, observer=None, block=None,
-                 views=None, stride: int = 1, stats: dict | None = None):
+                 views=None, stride: int = 1, stats: dict | None = None, budget: float | None = None):
     """Mesh sources: like ``gather`` but each texel's colour is shaded exactly on the source.
 
     The view only tells *which* source triangle is in front at the texel's
@@ -289,7 +301,8 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
     and still feed the observer (``stats``, when given, gets how many views the first set has and how many
     texels the others gathered).
     Views are the outer loop (the source is rasterised once per view, however large the texture),
-    texels in ``block``s the inner one (bounded memory).
+    texels in ``block``s the inner one (bounded memory). ``budget``: bytes a chunk may take; given, the
+    other views (few texels) go in chunks sized for their texels (``chunk_size``), not ``chunk``.
     """
     T = P.shape[0]
     V = len(cams)
@@ -320,6 +333,10 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
             texels = torch.nonzero(wsum <= 0, as_tuple=True)[0]  # the texels the first views missed
             if stats is not None:
                 stats["texels_from_other_views"] = int(texels.numel())
+            if budget is not None:
+                chunk = chunk_size(min(int(texels.numel()), block), res, 0, budget)
+                if stats is not None:
+                    stats["view_chunk_other_views"] = chunk
         for s in range(p0, p1, chunk):
             e = min(p1, s + chunk)
             idx_list = order_all[s:e]
@@ -441,9 +458,12 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
     T = int(P.shape[0])
     # texels in blocks so that at least 4 views of a block fit the memory budget (large textures)
     block = max(1, min(T, int(MEM_BUDGET // (160 * 4))))
-    chunk = chunk_size(min(T, block), options.view_resolution, len(src.vertices))
-    method = "cuda-nvdiffrast-texel-gather"
     exact = view_renderer is None
+    # mesh sources: chunks as large as free memory allows; splat renders keep MEM_BUDGET (gsplat's own
+    # memory for a chunk of views is not in chunk_size's estimate)
+    budget = chunk_budget(device) if exact else MEM_BUDGET
+    chunk = chunk_size(min(T, block), options.view_resolution, len(src.vertices), budget)
+    method = "cuda-nvdiffrast-texel-gather"
     ahead = {}
     if exact:
         method += "-exact"
@@ -455,7 +475,7 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
         stride = TEXEL_VIEW_STRIDE if len(cams) // TEXEL_VIEW_STRIDE >= TEXEL_VIEWS_MIN else 1
         stats: dict = {}
         acc, wsum = gather_exact(gm, cams, P, N, tol, device, progress, chunk=chunk, sample=sample, observer=observer, block=block,
-                                 views=views, stride=stride, stats=stats)
+                                 views=views, stride=stride, stats=stats, budget=budget)
         ahead.update(stats)
     else:
         acc = None
@@ -473,6 +493,7 @@ def gather_views(src, P, N, tol, options, progress, device="cuda", sample=None, 
         "views": len(cams),
         "view_resolution": options.view_resolution,
         "view_chunk": chunk,
+        "view_chunk_budget_gib": round(budget / 2**30, 2),
         "texel_blocks": (T + block - 1) // block,
         "cos_power": COS_POWER,
         "depth_tolerance": tol,
