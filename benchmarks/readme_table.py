@@ -26,7 +26,9 @@ def table(d: dict) -> str:
     out.append("| | time | held-out PSNR, linear reference (glTF) | same, sRGB reference | peak GPU memory |")
     out.append("|---|---|---|---|---|")
     out.append(f"| **Kiln whole bake** load → export, {' + '.join(k for k, v in (d.get('maps') or {}).items() if v == 'texture')}, warm "
-               f"| **{_s(d.get('whole_seconds_warm'))}** (cold {_s(d.get('whole_seconds_cold'))}) "
+               f"| **{_s(d.get('whole_seconds_warm'))}** best warm run"
+               + (f", median {_s(d['whole_seconds_warm_median'])} of {len(d.get('kiln_runs') or []) - 1}" if d.get("whole_seconds_warm_median") else "")
+               + f" (cold {_s(d.get('whole_seconds_cold'))}) "
                f"| **{_s(d.get('kiln_psnr_linear'), 'dB')}** | {_s(d.get('kiln_psnr_srgb'), 'dB')} | {_s(d.get('peak_gpu_gib'), 'GiB')} |")
     b = d.get("baseline") or {}
     for mode, label in (("opt", "baseline `opt` (Adam, 2500 steps, TV, cosine lr, Telea), bake step only"),
