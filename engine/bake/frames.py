@@ -37,13 +37,13 @@ class Frame:
         return Frame(self.normal[sel], self.tangent[sel], self.sign[sel])
 
 
-def corner_frame(vertices, faces, uv, texels=None, world_normals=None, hit=None, normals=None):
+def corner_frame(vertices, faces, uv, texels=None, world_normals=None, hit=None, normals=None, topology=None):
     """Corner normals (F,3,3) and MikkTSpace corner tangents (F,3,4) of the target.
 
     ``normals`` (N,3): the target's own normals (kept as they are: the artist's mesh). Otherwise hard edges
-    come from the baked world normals (see the module doc)."""
+    come from the baked world normals (see the module doc); ``topology``: the target's
+    ``engine.mesh.normals.EdgeTopology``, when the caller has it already."""
     from engine.mesh.normals import corner_normals
-    from engine.mesh.simplify import unique_rows
     from engine.mesh.tangents import corner_tangents
 
     f = np.asarray(faces, np.int64)
@@ -53,7 +53,10 @@ def corner_frame(vertices, faces, uv, texels=None, world_normals=None, hit=None,
         cn = normals if normals.ndim == 3 else normals[f]
         info["normals"] = "target's own" if normals.ndim == 2 else "target's, recomputed (smooth below 30 degrees)"
     else:
-        _, vkey = unique_rows(np.asarray(vertices))
+        if topology is None:
+            from engine.mesh.normals import EdgeTopology
+
+            topology = EdgeTopology.of(vertices, f)
         if world_normals is None:
             hard = lambda fa, fb, ka, kb, dih: dih > np.radians(FALLBACK_HARD_DEG)  # noqa: E731
             info["hard_edges"] = f"dihedral > {FALLBACK_HARD_DEG:g} deg (no baked normals)"
@@ -86,7 +89,7 @@ def corner_frame(vertices, faces, uv, texels=None, world_normals=None, hit=None,
             counted["n"] = int(h.sum())
             return h
 
-        cn = corner_normals(vertices, f, hard=hard_counted, vkey=vkey)
+        cn = corner_normals(vertices, f, hard=hard_counted, topology=topology)
         info["hard_edge_count"] = counted.get("n", 0)
     ct = corner_tangents(vertices, f, cn, uv)
     return cn, ct, info

@@ -87,12 +87,14 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
         t_tex = time.perf_counter()
         texels = backend.texels(target.uv, target.faces, S2)
         P = texels.interp(np.asarray(target.vertices, np.float32))
+        topology = None  # the target's edges, for its smooth normals here and its frame after the gather
         if target.normals is not None:
             N = texels.interp(np.asarray(target.normals, np.float32))
         else:
-            from engine.mesh.normals import corner_normals
+            from engine.mesh.normals import EdgeTopology, corner_normals
 
-            N = texels.interp(corner_normals(target.vertices, target.faces, hard=None))
+            topology = EdgeTopology.of(target.vertices, target.faces)
+            N = texels.interp(corner_normals(target.vertices, target.faces, hard=None, topology=topology))
         N = N / N.norm(dim=1, keepdim=True).clamp_min(1e-12)
         origins = texels.interp(np.asarray(target.cage, np.float32)) if target.cage is not None else None
         progress_bake.update(0.05, f"{len(texels)} texels, {', '.join(baked) or 'constants only'}")
@@ -123,7 +125,8 @@ def bake_material(src, target: Target, names, backend, *, texture_size: int, sup
         # the target's frame: kept (artist's normals) or with the source's hard edges
         t1 = time.perf_counter()
         wn = vals[:, chset.slices["normal"]] if chset is not None and "normal" in chset.slices else None
-        cn, ct, finfo = corner_frame(target.vertices, target.faces, target.uv, texels, wn, hit, normals=target.normals)
+        cn, ct, finfo = corner_frame(target.vertices, target.faces, target.uv, texels, wn, hit, normals=target.normals,
+                                     topology=topology)
         info.update(finfo)
         frame = texel_frame(texels, cn, ct) if "normal" in baked else None
         info["frame_seconds"] = round(time.perf_counter() - t1, 4)

@@ -14,6 +14,8 @@ manifold edge (scipy's connected_components): no per-vertex fan walking.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -65,27 +67,53 @@ def half_edges(faces: np.ndarray, vkey: np.ndarray | None = None):
     return h // 3, h % 3, p // 3, p % 3
 
 
-def corner_normals(vertices: np.ndarray, faces: np.ndarray, hard=None, vkey: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class EdgeTopology:
+    """What ``corner_normals`` needs of a mesh whatever edges are hard: face normals, corner angles, the
+    welded vertex keys and the manifold edges with their dihedral angles. A bake computes it once for its
+    target and uses it twice (the texels' smooth normals, then the frame with hard edges)."""
+
+    faces: np.ndarray  # (F,3) int64
+    fn: np.ndarray  # (F,3) unit face normals
+    ang: np.ndarray  # (F,3) corner angles
+    vkey: np.ndarray  # (N,) position key per vertex
+    fa: np.ndarray  # manifold edges, as half_edges lists them
+    ka: np.ndarray
+    fb: np.ndarray
+    kb: np.ndarray
+    dih: np.ndarray  # dihedral angle per edge, radians
+
+    @staticmethod
+    def of(vertices: np.ndarray, faces: np.ndarray, vkey: np.ndarray | None = None) -> "EdgeTopology":
+        f = np.asarray(faces, np.int64)
+        fn, _ = face_normals(vertices, f)
+        ang = corner_angles(vertices, f)
+        if vkey is None:
+            from engine.mesh.simplify import unique_rows
+
+            _, vkey = unique_rows(np.asarray(vertices))
+        fa, ka, fb, kb = half_edges(f, vkey)
+        dih = np.arccos(np.clip((fn[fa] * fn[fb]).sum(1), -1.0, 1.0))
+        return EdgeTopology(f, fn, ang, np.asarray(vkey), fa, ka, fb, kb, dih)
+
+
+def corner_normals(vertices: np.ndarray, faces: np.ndarray, hard=None, vkey: np.ndarray | None = None,
+                   topology: EdgeTopology | None = None) -> np.ndarray:
     """Shading normal per face corner (F,3,3) float32.
 
     ``hard``: None (all smooth), a float (dihedral angle in degrees above which an edge is hard),
     or a callable (fa, fb, ka, kb, dihedral_radians) -> bool array over the manifold edges (as half_edges
     lists them: face a's half-edge ka is face b's half-edge kb reversed).
     Non-manifold and boundary edges never join corners (they are hard).
+    ``topology``: ``EdgeTopology.of(vertices, faces, vkey)`` computed before (then ``vkey`` is not used).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    f = np.asarray(faces, np.int64)
+    topo = topology if topology is not None else EdgeTopology.of(vertices, faces, vkey)
+    f, fn, ang = topo.faces, topo.fn, topo.ang
     F = len(f)
-    fn, _ = face_normals(vertices, f)
-    ang = corner_angles(vertices, f)
-    if vkey is None:
-        from engine.mesh.simplify import unique_rows
-
-        _, vkey = unique_rows(np.asarray(vertices))
-    fa, ka, fb, kb = half_edges(f, vkey)
-    dih = np.arccos(np.clip((fn[fa] * fn[fb]).sum(1), -1.0, 1.0))
+    fa, ka, fb, kb, dih = topo.fa, topo.ka, topo.fb, topo.kb, topo.dih
     if hard is None:
         smooth = np.ones(len(fa), bool)
     elif callable(hard):
