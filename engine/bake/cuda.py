@@ -376,9 +376,14 @@ def gather_exact(gm: GpuMesh, cams, P, N, tol, device, progress=None, cos_power=
 
 
 def bake_cameras(src, options):
-    """The bake views of a source: ``options.views`` cameras on its bounding sphere."""
-    center, radius = bounding_sphere(src.vertices)
-    return sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
+    """The bake views of a source: ``options.views`` cameras on its bounding sphere (kept on the source:
+    the head start and the gather both ask, and the sphere of a large source takes a while)."""
+    key = (int(options.views), int(options.view_resolution))
+    memo = src.__dict__.setdefault("_bake_cameras", {})
+    if key not in memo:
+        center, radius = bounding_sphere(src.vertices)
+        memo[key] = sphere_cameras(center, radius, options.views, options.view_resolution, offset=BAKE_OFFSET)
+    return memo[key]
 
 
 AHEAD_BUDGET = 3.0e9  # bytes of GPU memory the views rendered ahead may take (and at most a quarter of what is free)
@@ -520,10 +525,10 @@ class CudaBackend(Backend):
         from engine.bake.surface import surface_for
 
         surface = surface_for(src, self.device)
-        cams = bake_cameras(src, options)
         budget = ahead_budget(self.device)
 
         def ahead():
+            cams = bake_cameras(src, options)
             if src.normals is None:
                 from engine.bake.channels.normal import source_corner_normals
 
