@@ -99,6 +99,28 @@ def test_cuda_path_on_cpu_matches_the_cpu_backend(cuda_on_cpu):
     assert np.abs(a - b)[both].mean() < 4.0
 
 
+def _gather_setup(src, faces: int, size: int, views: int, view_res: int):
+    """A simplified, unwrapped target's texel points and normals (torch), the source's cameras and GpuMesh."""
+    import torch
+
+    from engine.bake.texel import rasterize_uv, vertex_normals
+    from engine.mesh.simplify import simplify
+    from engine.render.cameras import bounding_sphere, sphere_cameras
+    from engine.render.nvdr import GpuMesh
+    from engine.uv.unwrap import unwrap
+
+    lv, lf = simplify(src.vertices, src.faces, faces)
+    v, f, uv, _ = unwrap(lv, lf, size, 2)
+    tri, bary = rasterize_uv(uv, f, size)
+    m = tri >= 0
+    P = np.einsum("kj,kjc->kc", bary[m], v[f[tri[m]]])
+    N = np.einsum("kj,kjc->kc", bary[m], vertex_normals(v, f)[f[tri[m]]])
+    N /= np.linalg.norm(N, axis=1, keepdims=True)
+    c, r = bounding_sphere(src.vertices)
+    cams = sphere_cameras(c, r, views, view_res)
+    return torch.as_tensor(P, dtype=torch.float32), torch.as_tensor(N, dtype=torch.float32), cams, GpuMesh(src, "cpu")
+
+
 def test_texel_gather_on_every_other_view_misses_no_texel(cuda_on_cpu, meshes_dir):
     """stride 2: every texel from every 2nd view, the texels those miss from the others -- the same texels
     are hit as with every view (the Duck's undersides and bill are seen from few directions), and where a
@@ -106,27 +128,12 @@ def test_texel_gather_on_every_other_view_misses_no_texel(cuda_on_cpu, meshes_di
     import torch
 
     from engine.bake.cuda import gather_exact
-    from engine.bake.texel import rasterize_uv, vertex_normals
     from engine.io.load import load_source
-    from engine.mesh.simplify import simplify
     from engine.mesh.validate import validate_source
-    from engine.render.cameras import bounding_sphere, sphere_cameras
-    from engine.render.nvdr import GpuMesh
-    from engine.uv.unwrap import unwrap
 
     src, _ = validate_source(load_source(meshes_dir / "Duck.glb"))
-    lv, lf = simplify(src.vertices, src.faces, 800)
-    v, f, uv, _ = unwrap(lv, lf, 96, 2)
-    tri, bary = rasterize_uv(uv, f, 96)
-    m = tri >= 0
-    P = np.einsum("kj,kjc->kc", bary[m], v[f[tri[m]]])
-    N = np.einsum("kj,kjc->kc", bary[m], vertex_normals(v, f)[f[tri[m]]])
-    N /= np.linalg.norm(N, axis=1, keepdims=True)
-    c, r = bounding_sphere(src.vertices)
-    cams = sphere_cameras(c, r, 10, 128)
+    P, N, cams, gm = _gather_setup(src, 800, 96, 10, 128)
     tol = 0.02 * float(np.linalg.norm(np.ptp(src.vertices, 0)))
-    gm = GpuMesh(src, "cpu")
-    P, N = torch.as_tensor(P, dtype=torch.float32), torch.as_tensor(N, dtype=torch.float32)
     a1, w1 = gather_exact(gm, cams, P, N, tol, "cpu", chunk=3)
     stats = {}
     a2, w2 = gather_exact(gm, cams, P, N, tol, "cpu", chunk=3, stride=2, stats=stats)
@@ -163,30 +170,14 @@ def test_chunk_budget_follows_free_gpu_memory(monkeypatch):
     assert cuda.chunk_size(2_300_000, 1024, 0, cuda.CHUNK_BUDGET_MAX) == 14
 
 
-def test_other_views_go_in_chunks_sized_for_their_texels(cuda_on_cpu, monkeypatch):
+def test_other_views_go_in_chunks_sized_for_their_texels(cuda_on_cpu):
     """The views after the texel gather's every-2nd only see the texels those missed (few): with a budget,
     their chunks are sized for those texels -- larger -- and the texture is the one fixed chunks give."""
     import torch
 
     from engine.bake.cuda import chunk_size, gather_exact
-    from engine.bake.texel import rasterize_uv, vertex_normals
-    from engine.mesh.simplify import simplify
-    from engine.render.cameras import bounding_sphere, sphere_cameras
-    from engine.render.nvdr import GpuMesh
-    from engine.uv.unwrap import unwrap
 
-    src = pebble(3)
-    lv, lf = simplify(src.vertices, src.faces, 300)
-    v, f, uv, _ = unwrap(lv, lf, 64, 2)
-    tri, bary = rasterize_uv(uv, f, 64)
-    m = tri >= 0
-    P = np.einsum("kj,kjc->kc", bary[m], v[f[tri[m]]])
-    N = np.einsum("kj,kjc->kc", bary[m], vertex_normals(v, f)[f[tri[m]]])
-    N /= np.linalg.norm(N, axis=1, keepdims=True)
-    c, r = bounding_sphere(src.vertices)
-    cams = sphere_cameras(c, r, 16, 64)
-    gm = GpuMesh(src, "cpu")
-    P, N = torch.as_tensor(P, dtype=torch.float32), torch.as_tensor(N, dtype=torch.float32)
+    P, N, cams, gm = _gather_setup(pebble(3), 300, 64, 16, 64)
     budget = 2.2 * (64 * 64 * 48 + len(P) * 160)  # two views of every texel a chunk (chunk_size's estimate)
     assert chunk_size(len(P), 64, 0, budget) == 2
     fixed, sized = {}, {}
