@@ -128,10 +128,16 @@ def chunk_budget(device) -> float:
     MEM_BUDGET and at most CHUNK_BUDGET_MAX. More views a chunk means fewer kernel launches and host
     syncs (the warm bake is bound by those, not by the GPU's work: an H200 profile had the GPU busy 180 ms
     of a 1.35 s bake); a small card keeps small chunks."""
+    free = _free_gpu_bytes(device)
+    return MEM_BUDGET if free is None else float(min(CHUNK_BUDGET_MAX, max(MEM_BUDGET, free / 8)))
+
+
+def _free_gpu_bytes(device) -> float | None:
+    """Free memory of the CUDA device (None for the CPU): what the gather's and the head start's budgets share out."""
     if torch.device(device).type != "cuda":
-        return MEM_BUDGET
+        return None
     free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return float(min(CHUNK_BUDGET_MAX, max(MEM_BUDGET, free / 8)))
+    return float(free)
 
 
 def mesh_view_renderer(src, device):
@@ -444,10 +450,8 @@ class PreparedViews:
 
 def ahead_budget(device) -> float:
     """Bytes the views rendered ahead may take: AHEAD_BUDGET, and at most a quarter of the free GPU memory."""
-    if torch.device(device).type != "cuda":
-        return AHEAD_BUDGET
-    free, _ = torch.cuda.mem_get_info(torch.device(device))
-    return min(AHEAD_BUDGET, free / 4)
+    free = _free_gpu_bytes(device)
+    return AHEAD_BUDGET if free is None else min(AHEAD_BUDGET, free / 4)
 
 
 def _views_key(cams) -> tuple:
