@@ -237,3 +237,14 @@ def test_finishing_pass_that_opens_a_closed_mesh_is_retried_gently(monkeypatch):
     assert is_closed(lf) and len(lf) <= 1050
     assert [a for _, a in calls] == [8, S.SAFE_AGGRESSION]
     assert calls[0][0] == calls[1][0] < len(src.faces)  # both from meshoptimizer's result
+
+
+def test_run_count_follows_cores_and_target():
+    """meshoptimizer's first pass: one run per core on many cores (runs of >= 40K faces), runs of 150K on few,
+    one run where the runs' budget would keep every face."""
+    assert S._n_runs(327_680, 32_000, 16) == 8
+    assert S._n_runs(327_680, 32_000, 2) == 2
+    assert S._n_runs(5_242_880, 40_000, 16) == 34
+    assert S._n_runs(5_242_880, 40_000, 1) == 4  # at most 4 runs per core
+    assert S._n_runs(100_000, 40_000, 16) == 1  # 4 x 40K >= 100K: the runs would keep every face
+    assert S._n_runs(60_000, 4_000, 16) == 1  # runs under 40K faces only from 300K faces on
