@@ -247,4 +247,4 @@ def test_run_count_follows_cores_and_target():
     assert S._n_runs(5_242_880, 40_000, 16) == 34
     assert S._n_runs(5_242_880, 40_000, 1) == 4  # at most 4 runs per core
     assert S._n_runs(100_000, 40_000, 16) == 1  # 4 x 40K >= 100K: the runs would keep every face
-    assert S._n_runs(60_000, 4_000, 16) == 1  # runs under 40K faces only from 300K faces on
+    assert S._n_runs(60_000, 4_000, 16) == 1  # two runs of >= 40K faces need 80K faces
