@@ -67,7 +67,7 @@ import numpy as np
 _LOCK_BORDER = 1 << 0
 _SPARSE = 1 << 1
 _CHUNK_FACES = 300_000  # a mesh this large is simplified in parallel runs first, whatever the cores
-_CHUNK_MIN = 150_000  # faces per run at least (smaller runs are mostly locked border)
+_CHUNK_MIN = 150_000  # faces per run on few cores (smaller runs are more locked border; many cores: _CORE_RUN_MIN)
 _CORE_RUN_MIN = 40_000  # with more cores than such runs: one run per core, each of this many faces at least
 _CHUNK_BUDGET = 4.0  # the runs together keep this many times meshoptimizer's target for its final pass
 _FINISH_RATIO = 2.0  # meshoptimizer down to this many times the target, fast-simplification the rest
@@ -211,7 +211,7 @@ def _n_runs(n_faces: int, target_faces: int, workers: int) -> int:
         return 1
     by_size = n_faces // _CHUNK_MIN if n_faces >= _CHUNK_FACES else 1
     by_cores = min(workers, n_faces // _CORE_RUN_MIN)
-    return int(max(1, min(max(by_size, by_cores), 4 * workers)))
+    return int(min(max(by_size, by_cores, 1), 4 * workers))
 
 
 def _meshopt(v: np.ndarray, f: np.ndarray, target_faces: int, progress=None) -> tuple[np.ndarray, np.ndarray] | None:
